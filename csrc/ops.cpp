@@ -1,0 +1,50 @@
+// Operator schemas of stylize_fast: declared once, here. Each backend registers its kernels in
+// its own translation unit with TORCH_LIBRARY_IMPL(stylize_fast, CPU|CUDA, m):
+//   csrc/cpu/instance_norm_cpu.cpp     csrc/cuda/instance_norm_cuda.cpp (+ .cu)
+//   csrc/cpu/padded_conv_cpu.cpp       csrc/cuda/padded_conv_cuda.cpp   (+ .cu)
+// Python (stylize_fast/ops/*.py) adds register_fake and register_autograd.
+//
+// Conventions shared by every backend (see docs/design.md):
+//   activation:   0 = none, 1 = relu, 2 = leaky_relu (negative_slope used only by 2)
+//   padding_mode: 0 = zeros, 1 = reflect, 2 = replicate
+//   statistics (mean, rstd) are float32, float64 for float64 input, shape (N, C)
+//   weight / bias reach kernels already contiguous and in the statistics dtype, shape (C,) or (N, C)
+//   outputs are allocated as at::empty_like(input, input.suggest_memory_format())
+//   gradients not asked for in output_mask come back as empty tensors of shape (0,)
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import stylize_fast._C` loads this shared library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "stylize_fast operator library", -1, nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(stylize_fast, m) {
+  m.def(
+      "instance_norm_fwd(Tensor input, Tensor? weight, Tensor? bias, float eps, int activation, "
+      "float negative_slope) -> (Tensor output, Tensor mean, Tensor rstd)");
+  m.def(
+      "instance_norm_bwd(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor rstd, int activation, float negative_slope, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "padded_conv2d_fwd(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int padding_mode) -> Tensor");
+  m.def(
+      "padded_conv2d_bwd(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+      "int[2] padding, int padding_mode, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // True when this library was compiled with the CUDA kernels (csrc/cuda).
+  m.def("compiled_with_cuda() -> bool", []() -> bool {
+#ifdef STYLIZE_FAST_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

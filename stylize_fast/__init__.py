@@ -1,0 +1,22 @@
+"""stylize_fast: fast feed-forward neural style transfer.
+
+Fused instance-norm + activation and padded-convolution kernels (C++ CPU, CUDA, Triton, with a
+plain PyTorch reference), drop-in layers, both generators of Ulyanov et al. (2016), training
+and real-time inference.
+"""
+
+from . import backends, functional, ops  # noqa: F401  (ops registers every backend)
+from ._version import __version__
+from .nn import *  # noqa: F401,F403
+from .nn import __all__ as _nn_all
+
+__all__ = ["__version__", "backends", "functional", "models", *_nn_all]
+
+
+def __getattr__(name: str):
+    # Heavier subpackages load on first use, so `import stylize_fast` stays quick.
+    if name in ("models", "testing"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

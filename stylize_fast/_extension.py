@@ -1,0 +1,53 @@
+"""Loads the compiled operator library (stylize_fast._C) and reports how it was built."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import torch
+
+NAMESPACE = "stylize_fast"
+
+
+@functools.lru_cache(maxsize=None)
+def load_error() -> str | None:
+    """None when the C++ extension is loaded; otherwise why it is not."""
+    try:
+        from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def loaded() -> bool:
+    return load_error() is None
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the extension registered a kernel for stylize_fast::<op> under dispatch_key
+    ("CPU" or "CUDA")."""
+    if not loaded():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_with_cuda() -> bool:
+    return loaded() and bool(torch.ops.stylize_fast.compiled_with_cuda())
+
+
+@functools.lru_cache(maxsize=None)
+def build_info() -> dict:
+    """What setup.py recorded when the extension was built (flags, CUDA, arch list)."""
+    path = os.path.join(os.path.dirname(__file__), "_build_info.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = {"reason": "no build record (package not built with setup.py)"}
+    info["extension_loaded"] = loaded()
+    info["extension_error"] = load_error()
+    info["cuda_compiled"] = compiled_with_cuda()
+    return info

@@ -1,0 +1,171 @@
+"""Backend registry and selection.
+
+Every op (``"instance_norm"``, ``"padded_conv2d"``, ...) registers one implementation per backend
+with :func:`register`. :func:`select` picks one for a given input:
+
+* forced by :func:`use` (innermost wins) or the ``STYLIZE_FAST_BACKEND`` environment variable:
+  that backend or a clear error, never a silent substitute;
+* otherwise automatic: CUDA tensors -> ``cuda``, else ``triton``, else ``reference``;
+  CPU tensors -> ``cpu``, else ``reference``. An automatic choice that cannot run this input
+  (not built, unsupported dtype, ...) falls back quietly to the next one.
+
+The ``reference`` backend is plain PyTorch and always present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import _extension
+
+BACKENDS = ("cpu", "cuda", "triton", "reference")
+ENV_VAR = "STYLIZE_FAST_BACKEND"
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One backend's implementation of one op.
+
+    fn:        the implementation; takes the op's internal arguments.
+    devices:   device types it accepts ("cpu", "cuda"); None means any.
+    supports:  optional legality check fn(*args) -> None if it can run, else the reason.
+    """
+
+    fn: Callable
+    devices: tuple[str, ...] | None
+    supports: Callable[..., str | None] | None = None
+
+
+_REGISTRY: dict[str, dict[str, Impl]] = {}
+_forced_stack: list[str] = []
+
+
+def register(
+    op: str,
+    backend: str,
+    fn: Callable,
+    *,
+    devices: tuple[str, ...] | None,
+    supports: Callable[..., str | None] | None = None,
+) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"register: backend must be one of {BACKENDS}, got {backend!r}")
+    _REGISTRY.setdefault(op, {})[backend] = Impl(fn, None if devices is None else tuple(devices), supports)
+
+
+def implementations(op: str) -> dict[str, Impl]:
+    """The registered implementations of ``op`` by backend name."""
+    return dict(_REGISTRY.get(op, {}))
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available() -> dict[str, bool]:
+    """Which backends can run on this machine: keys ``cpu``, ``cuda``, ``triton``, ``reference``."""
+    cuda_device = torch.cuda.is_available()
+    return {
+        "cpu": _extension.loaded(),
+        "cuda": _extension.compiled_with_cuda() and cuda_device,
+        "triton": _triton_importable() and (cuda_device or triton_interpreted()),
+        "reference": True,
+    }
+
+
+def unavailable_reason(name: str) -> str:
+    """Why ``name`` is not available (empty string if it is)."""
+    if available().get(name, False):
+        return ""
+    if name == "cpu":
+        return f"the C++ extension did not load ({_extension.load_error()}); build it with " \
+            "`pip install --no-build-isolation -e .`"
+    if name == "cuda":
+        if not _extension.compiled_with_cuda():
+            return "the extension was built without CUDA kernels (see `stylize-fast info`)"
+        return "no CUDA device is visible to torch"
+    if name == "triton":
+        if not _triton_importable():
+            return "triton is not installed (`pip install triton`)"
+        return "no CUDA device (set TRITON_INTERPRET=1 to run Triton kernels on the CPU)"
+    return f"unknown backend {name!r}; expected one of {BACKENDS}"
+
+
+def _check_name(name: object, source: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"{source}: backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Force one backend inside the ``with`` block; an unavailable one raises RuntimeError."""
+    name = _check_name(name, "stylize_fast.backends.use")
+    if not available()[name]:
+        raise RuntimeError(f"backend {name!r} is not available: {unavailable_reason(name)}")
+    _forced_stack.append(name)
+    try:
+        yield
+    finally:
+        _forced_stack.pop()
+
+
+def forced() -> str | None:
+    """The backend forced by ``use`` or ``STYLIZE_FAST_BACKEND``, or None for automatic."""
+    if _forced_stack:
+        return _forced_stack[-1]
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env in ("", "auto"):
+        return None
+    return _check_name(env, f"environment variable {ENV_VAR}")
+
+
+def select(op: str, input: torch.Tensor, *args) -> tuple[str, Callable]:
+    """Choose the backend that runs ``op`` for this ``input``; returns (name, fn).
+
+    ``args`` are the op's remaining internal arguments, passed to the legality checks.
+    """
+    table = _REGISTRY.get(op)
+    if not table:
+        raise RuntimeError(f"no implementation of {op!r} is registered")
+    device = input.device.type
+    name = forced()
+    if name is not None:
+        if not available()[name]:
+            raise RuntimeError(f"backend {name!r} is not available: {unavailable_reason(name)}")
+        impl = table.get(name)
+        if impl is None:
+            raise RuntimeError(f"backend {name!r} has no implementation of {op}; "
+                               f"implemented by: {sorted(table)}")
+        if impl.devices is not None and device not in impl.devices:
+            raise RuntimeError(f"backend {name!r} cannot run {op} on {device} tensors "
+                               f"(it runs on {', '.join(impl.devices)})")
+        reason = impl.supports(input, *args) if impl.supports else None
+        if reason:
+            raise RuntimeError(f"backend {name!r} cannot run {op} on this input: {reason}")
+        return name, impl.fn
+    avail = available()
+    for name in _AUTO_ORDER.get(device, ("reference",)):
+        impl = table.get(name)
+        if impl is None or not avail[name]:
+            continue
+        if impl.devices is not None and device not in impl.devices:
+            continue
+        if impl.supports is not None and impl.supports(input, *args):
+            continue
+        return name, impl.fn
+    raise RuntimeError(f"no backend can run {op} on {device} tensors")
