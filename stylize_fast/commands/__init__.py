@@ -1,0 +1,1 @@
+"""One module per ``stylize-fast`` subcommand (see stylize_fast/cli.py)."""
