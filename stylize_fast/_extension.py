@@ -11,9 +11,7 @@ import torch
 NAMESPACE = "stylize_fast"
 
 
-@functools.lru_cache(maxsize=None)
-def load_error() -> str | None:
-    """None when the C++ extension is loaded; otherwise why it is not."""
+def _load() -> str | None:
     try:
         from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
     except ImportError as exc:
@@ -21,8 +19,18 @@ def load_error() -> str | None:
     return None
 
 
+# Resolved once at import: plain constants, so code traced by torch.compile can read them.
+_LOAD_ERROR: str | None = _load()
+_CUDA_COMPILED: bool = _LOAD_ERROR is None and bool(torch.ops.stylize_fast.compiled_with_cuda())
+
+
+def load_error() -> str | None:
+    """None when the C++ extension is loaded; otherwise why it is not."""
+    return _LOAD_ERROR
+
+
 def loaded() -> bool:
-    return load_error() is None
+    return _LOAD_ERROR is None
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
@@ -33,9 +41,9 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
 
 
-@functools.lru_cache(maxsize=None)
 def compiled_with_cuda() -> bool:
-    return loaded() and bool(torch.ops.stylize_fast.compiled_with_cuda())
+    """Whether the extension was compiled with the CUDA kernels (csrc/cuda)."""
+    return _CUDA_COMPILED
 
 
 @functools.lru_cache(maxsize=None)

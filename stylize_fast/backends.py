@@ -15,7 +15,6 @@ The ``reference`` backend is plain PyTorch and always present.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
@@ -66,9 +65,11 @@ def implementations(op: str) -> dict[str, Impl]:
     return dict(_REGISTRY.get(op, {}))
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
+
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_IMPORTABLE
 
 
 def triton_interpreted() -> bool:
