@@ -195,3 +195,49 @@ def test_deepcopy_and_pickle_roundtrip(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m3.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+
+
+class _ExamplesLikeNet(nn.Module):
+    """The PyTorch examples' pattern: one shared ReLU module applied after several norms."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.in1 = nn.InstanceNorm2d(6, affine=True)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.in2 = nn.InstanceNorm2d(6, affine=True)
+        self.in3 = nn.InstanceNorm2d(6, affine=True)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        y = self.relu(self.in1(self.conv1(x)))
+        y = self.relu(self.in2(self.conv2(y)))
+        return self.in3(y) + y  # in3 feeds an add, not the ReLU
+
+
+def test_fuse_traced_shared_relu_is_folded():
+    torch.manual_seed(0)
+    model = _ExamplesLikeNet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.InstanceNorm2d):
+                m.bias.normal_()
+    fused = sf.fuse(model)
+    assert fused.in1.activation == "relu" and fused.in2.activation == "relu"
+    assert fused.in3.activation is None and isinstance(fused.in3, sf.FusedInstanceNorm2d)
+    assert isinstance(fused.relu, nn.Identity)
+    assert list(fused.state_dict()) == list(model.state_dict())
+    x = make_input((2, 3, 7, 9))
+    assert_close(fused(x), model(x), **tolerance(torch.float32, 4))
+
+
+def test_fuse_keeps_relu_used_elsewhere():
+    class Net(_ExamplesLikeNet):
+        def forward(self, x):
+            return self.relu(self.in1(self.conv1(x))) + self.relu(x).mean()
+
+    model = Net()
+    fused = sf.fuse(model)
+    assert isinstance(fused.relu, nn.ReLU) and fused.in1.activation is None
+    x = make_input((1, 3, 5, 5))
+    assert_close(fused(x), model(x), **tolerance(torch.float32, 4))

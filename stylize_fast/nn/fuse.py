@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import torch
+import torch.fx
 from torch import nn
 
 from .instance_norm import FusedInstanceNorm2d
@@ -32,11 +34,66 @@ def _activation_of(module: nn.Module) -> tuple[str, float] | None:
     return None
 
 
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    parent._modules[name] = module
+
+
+def _traced_activation_folds(model: nn.Module) -> dict[str, tuple[str, float] | None]:
+    """Find, by tracing the model with torch.fx, activation modules (nn.ReLU / nn.LeakyReLU,
+    possibly shared) that are applied only to outputs of nn.InstanceNorm2d modules which feed
+    nothing else. Returns {instance-norm path: activation} plus {activation path: None} for the
+    activation modules that become nn.Identity. Untraceable models give {} (no folding)."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # data-dependent control flow etc.: fall back to the structural pass
+        return {}
+    modules = dict(model.named_modules())
+    norm_calls: dict[str, list[torch.fx.Node]] = {}
+    act_calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = modules.get(node.target)
+        if type(module) is nn.InstanceNorm2d:
+            norm_calls.setdefault(node.target, []).append(node)
+        elif _activation_of(module) is not None:
+            act_calls.setdefault(node.target, []).append(node)
+
+    folds: dict[str, tuple[str, float] | None] = {}
+    for act_path, calls in act_calls.items():
+        sources = []
+        for node in calls:
+            src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+            if not (isinstance(src, torch.fx.Node) and src.target in norm_calls
+                    and len(src.users) == 1):
+                break
+            sources.append(src.target)
+        else:
+            # Every call of each source norm must feed this activation module and nothing else.
+            if all(_feeds_only(norm_calls[t], act_path) for t in sources):
+                activation = _activation_of(modules[act_path])
+                folds.update({t: activation for t in sources})
+                folds[act_path] = None
+    return folds
+
+
+def _feeds_only(norm_nodes: list[torch.fx.Node], act_path: str) -> bool:
+    return all(len(n.users) == 1 and next(iter(n.users)).target == act_path for n in norm_nodes)
+
+
 @register_pass
 def fuse_instance_norm(model: nn.Module) -> None:
-    """nn.InstanceNorm2d -> FusedInstanceNorm2d; inside nn.Sequential, an nn.ReLU / nn.LeakyReLU
-    that directly follows one is folded into it (and replaced by nn.Identity, so indices and
-    state_dict keys stay)."""
+    """nn.InstanceNorm2d -> FusedInstanceNorm2d. An nn.ReLU / nn.LeakyReLU that only ever
+    follows instance norms is folded into them and replaced by nn.Identity (found by torch.fx
+    tracing, or structurally inside nn.Sequential), so state_dict keys stay the same."""
+    for path, activation in _traced_activation_folds(model).items():
+        module = model.get_submodule(path)
+        if activation is None:
+            _set_submodule(model, path, nn.Identity())
+        else:
+            _set_submodule(model, path, FusedInstanceNorm2d.from_instance_norm(module, *activation))
     for parent in list(model.modules()):
         names = list(parent._modules)
         for i, name in enumerate(names):

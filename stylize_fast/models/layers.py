@@ -1,0 +1,146 @@
+"""Building blocks shared by the generators, in three flavours chosen by ``norm``:
+
+- ``"instance"``: plain PyTorch (``nn.ReflectionPad2d``/``nn.ReplicationPad2d`` + ``nn.Conv2d``,
+  ``nn.InstanceNorm2d(affine=True)``, ``nn.ReLU``) -- the baseline, and what export uses;
+- ``"fused"``: ``sf.PaddedConv2d`` (padding inside the convolution) and
+  ``sf.FusedInstanceNorm2d(activation=...)`` (activation inside the norm);
+- ``"batch"``: as ``"instance"`` with ``nn.BatchNorm2d``.
+
+"instance" and "fused" produce the same ``state_dict`` keys, so weights move freely between them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("batch", "instance", "fused")
+PADDING_MODES = ("reflect", "replicate", "zeros")
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def check_choice(fn: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{fn}: {name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_positive_int(fn: str, name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
+
+
+_warned_no_padded_conv = False
+
+
+def _padded_conv_class():
+    """sf.PaddedConv2d, or None while the padded-conv layer is not part of this build."""
+    try:
+        from ..nn.padded_conv import PaddedConv2d
+    except ImportError:
+        return None
+    return PaddedConv2d
+
+
+def make_padded_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                     padding_mode: str, fused: bool) -> tuple[nn.Module, nn.Module]:
+    """(pad, conv) pair computing ``conv(pad(x))`` with ``kernel_size // 2`` padding.
+
+    Fused: pad is ``nn.Identity`` and conv is ``PaddedConv2d`` doing both. Plain: an explicit pad
+    module followed by ``nn.Conv2d`` (the PyTorch examples' layout, keys ``conv2d.weight``)."""
+    padding = kernel_size // 2
+    if fused and padding > 0:
+        cls = _padded_conv_class()
+        if cls is not None:
+            return nn.Identity(), cls(in_channels, out_channels, kernel_size, stride=stride,
+                                      padding=padding, padding_mode=padding_mode)
+        global _warned_no_padded_conv
+        if not _warned_no_padded_conv:
+            _warned_no_padded_conv = True
+            warnings.warn("stylize_fast.nn.PaddedConv2d is not available; norm='fused' models "
+                          "use nn.Conv2d(padding_mode=...) for their padded convolutions",
+                          RuntimeWarning, stacklevel=3)
+        # Same keys and outputs as the pad + conv pair; only the fused kernel is missing.
+        return nn.Identity(), nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                                        padding=padding, padding_mode=padding_mode)
+    if padding == 0:
+        pad: nn.Module = nn.Identity()
+    elif padding_mode == "reflect":
+        pad = nn.ReflectionPad2d(padding)
+    elif padding_mode == "replicate":
+        pad = nn.ReplicationPad2d(padding)
+    else:
+        pad = nn.ZeroPad2d(padding)
+    return pad, nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+
+def make_norm(num_features: int, norm: str, activation: str | None,
+              negative_slope: float = 0.01) -> tuple[nn.Module, nn.Module]:
+    """(norm, activation) pair; with ``norm="fused"`` the activation is inside the norm and the
+    second module is ``nn.Identity``. Instance norms are affine, without running statistics."""
+    if norm == "fused":
+        from ..nn.instance_norm import FusedInstanceNorm2d
+
+        return (FusedInstanceNorm2d(num_features, affine=True, activation=activation,
+                                    negative_slope=negative_slope), nn.Identity())
+    layer: nn.Module = (nn.InstanceNorm2d(num_features, affine=True) if norm == "instance"
+                        else nn.BatchNorm2d(num_features))
+    return layer, make_activation(activation, negative_slope)
+
+
+def make_activation(activation: str | None, negative_slope: float = 0.01) -> nn.Module:
+    if activation is None:
+        return nn.Identity()
+    if activation == "relu":
+        return nn.ReLU()
+    return nn.LeakyReLU(negative_slope)
+
+
+class ConvLayer(nn.Module):
+    """Padded convolution, output size ``ceil(size / stride)``: ``conv2d(pad(x))``.
+
+    Keys as the PyTorch examples' ``ConvLayer``: ``conv2d.weight``, ``conv2d.bias``.
+    Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H', W')``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding_mode: str = "reflect", fused: bool = False) -> None:
+        super().__init__()
+        self.pad, self.conv2d = make_padded_conv(in_channels, out_channels, kernel_size, stride,
+                                                 padding_mode, fused)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.pad(x))
+
+
+class UpsampleConvLayer(nn.Module):
+    """Doubling (or ``upsample``-fold) upsampling followed by a convolution.
+
+    ``mode="nearest"``: nearest-neighbour interpolation then a padded convolution (the PyTorch
+    examples' ``UpsampleConvLayer``; keys ``conv2d.*``). ``mode="transpose"``: a transposed
+    convolution with stride ``upsample`` (texture_nets ``johnson.lua``), output exactly
+    ``upsample`` times the input size. Shapes: ``(N, C_in, H, W)`` -> ``(N, C_out, sH, sW)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, upsample: int = 2,
+                 mode: str = "nearest", padding_mode: str = "reflect",
+                 fused: bool = False) -> None:
+        super().__init__()
+        self.upsample = int(upsample)
+        self.mode = mode
+        if mode == "transpose":
+            self.pad = nn.Identity()
+            padding = kernel_size // 2
+            self.conv2d: nn.Module = nn.ConvTranspose2d(
+                in_channels, out_channels, kernel_size, stride=self.upsample, padding=padding,
+                output_padding=self.upsample - 1 - (kernel_size - 1 - 2 * padding))
+        else:
+            self.pad, self.conv2d = make_padded_conv(in_channels, out_channels, kernel_size, 1,
+                                                     padding_mode, fused)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "transpose":
+            return self.conv2d(x)
+        if self.upsample > 1:
+            x = F.interpolate(x, mode="nearest", scale_factor=float(self.upsample))
+        return self.conv2d(self.pad(x))
