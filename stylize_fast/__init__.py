@@ -10,13 +10,15 @@ from ._version import __version__
 from .nn import *  # noqa: F401,F403
 from .nn import __all__ as _nn_all
 
-__all__ = ["__version__", "backends", "functional", "models", *_nn_all]
+__all__ = ["__version__", "backends", "functional", "models", "inference", "Stylizer", *_nn_all]
 
 
 def __getattr__(name: str):
     # Heavier subpackages load on first use, so `import stylize_fast` stays quick.
-    if name in ("models", "testing"):
-        import importlib
+    import importlib
 
+    if name in ("models", "testing", "inference", "export"):
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "Stylizer":
+        return importlib.import_module(f"{__name__}.inference").Stylizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -212,8 +212,8 @@ def test_deterministic(backend, device, layout):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_torch_compile_fullgraph(backend, device):
-    if interpreted(backend, device):
-        pytest.skip("torch.compile does not run Triton kernels on CPU tensors")
+    # Under the Triton interpreter the Triton ops are opaque custom ops (interpreted kernels
+    # cannot be traced), so this checks registration and fake tensors, not kernel capture.
     x = make_input((2, 4, 8, 8), torch.float32, device=device, requires_grad=True)
     w = torch.rand(4, device=device, requires_grad=True)
     b = torch.randn(4, device=device, requires_grad=True)

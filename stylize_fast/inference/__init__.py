@@ -1,0 +1,14 @@
+"""Inference: the :class:`Stylizer` engine, image and video I/O, tiling, allocator tuning."""
+
+from .allocator import is_tuned, tune_allocator
+from .engine import DTYPES, RunStats, Stylizer, blend, preserve_color
+from .files import collect_jobs
+from .image_io import IMAGE_EXTENSIONS, ImageReadError, LoadedImage, read_image, write_image
+from .tiling import stylize_tiled
+from .video import VIDEO_EXTENSIONS, stylize_video, video_backend_available
+
+__all__ = ["Stylizer", "RunStats", "DTYPES", "blend", "preserve_color", "tune_allocator",
+           "is_tuned", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "ImageReadError", "LoadedImage",
+           "read_image", "write_image", "stylize_tiled", "stylize_video",
+           "video_backend_available", "collect_jobs"]
+

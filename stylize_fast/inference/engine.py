@@ -1,0 +1,316 @@
+"""Stylizer: the real-time inference engine (tensors, images, folders, videos)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import allocator
+from .image_io import ImageReadError, LoadedImage, image_size, read_image, write_image
+from .tiling import stylize_tiled
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Images with more pixels than this are tiled automatically (tile=None).
+AUTO_TILE_PIXELS = 2048 * 2048
+AUTO_TILE_SIZE = 1024
+DEFAULT_OVERLAP = 64
+# The generators need a few pixels per side at their coarsest scale.
+MIN_SIDE = 16
+
+
+def _ycbcr(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BT.601 full-range Y, Cb, Cr of ``(N, 3, H, W)`` RGB in 0-255."""
+    r, g, b = rgb.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return y, cb, cr
+
+
+def preserve_color(content: torch.Tensor, stylized: torch.Tensor) -> torch.Tensor:
+    """Luminance transfer: the stylised image's Y with the content's Cb, Cr (BT.601).
+    ``(N, 3, H, W)`` RGB 0-255 each -> ``(N, 3, H, W)``."""
+    y, _, _ = _ycbcr(stylized)
+    _, cb, cr = _ycbcr(content)
+    cb, cr = cb - 128, cr - 128
+    return torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+
+
+def blend(content: torch.Tensor, stylized: torch.Tensor, strength: float) -> torch.Tensor:
+    """``content + strength * (stylized - content)``: 0 keeps the content, 1 full style."""
+    if strength == 1.0:
+        return stylized
+    return content + (stylized - content) * strength
+
+
+@dataclass
+class RunStats:
+    """What a :meth:`Stylizer.stylize_files` run did."""
+
+    images: int = 0
+    frames: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        done = self.images + self.frames
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+class Stylizer:
+    """Runs a generator on tensors, images, folders and videos.
+
+    Any image size works (padded to the model's ``multiple`` and cropped back); images above
+    ``AUTO_TILE_PIXELS`` run in overlapping tiles. Files keep their alpha channel and bit depth
+    (16-bit PNG in, 16-bit PNG out); grayscale inputs give colour outputs, or grayscale ones
+    with ``preserve_color``. The model is put in eval mode (and copied if it must be converted).
+
+    Args:
+        model: an ``nn.Module`` (RGB 0-255 in and out) or a model file for
+            :func:`stylize_fast.models.load`.
+        device: where to run (``"cpu"``, ``"cuda"``, ...).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or a torch dtype): the weights
+            and activations are converted (bfloat16 works on CPU); outputs are float32.
+        channels_last: run in the channels_last memory format.
+        batch_size: images of one size (or video frames) per forward.
+        tile: tile side for large images; None tiles automatically above
+            ``AUTO_TILE_PIXELS`` with ``AUTO_TILE_SIZE`` tiles, 0 never tiles.
+        tile_overlap: pixels shared by neighbouring tiles (cross-faded).
+        preserve_color: keep the content's colours (luminance transfer in YCbCr).
+        strength: blend with the content, 0 (content) .. 1 (full style).
+        progress: show a tqdm progress bar and print images/s at the end (files / video).
+        tune_allocator: keep glibc from returning large activations to the OS between
+            forwards (see :mod:`stylize_fast.inference.allocator`); ~40% of a CPU forward.
+        norm: with a model file, build it with this norm (e.g. ``"instance"``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        channels_last: bool = False,
+        batch_size: int = 4,
+        tile: int | None = None,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        preserve_color: bool = False,
+        strength: float = 1.0,
+        progress: bool = False,
+        tune_allocator: bool = True,
+        norm: str | None = None,
+    ) -> None:
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"Stylizer: dtype must be one of {list(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        if dtype not in DTYPES.values():
+            raise ValueError(f"Stylizer: dtype must be one of {list(DTYPES)}, got {dtype}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Stylizer: batch_size must be a positive int, got {batch_size!r}")
+        if tile is not None and (not isinstance(tile, int) or tile < 0):
+            raise ValueError(f"Stylizer: tile must be None, 0 or a positive int, got {tile!r}")
+        if tile and not 0 <= tile_overlap < tile:
+            raise ValueError(f"Stylizer: tile_overlap must be in [0, tile), got {tile_overlap} "
+                             f"with tile={tile}")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"Stylizer: strength must be in [0, 1], got {strength!r}")
+        self.allocator_tuned = allocator.tune_allocator() if tune_allocator else False
+        self.device = torch.device(device)
+        try:
+            torch.empty(0, device=self.device)
+        except (RuntimeError, AssertionError) as exc:  # e.g. CUDA asked for, CPU-only torch
+            raise ValueError(f"Stylizer: device {str(device)!r} is not usable here: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        if not isinstance(model, nn.Module):
+            from ..models import load
+
+            model = load(model, map_location="cpu", norm=norm)
+        elif dtype != torch.float32 or channels_last or self.device.type != "cpu":
+            model = copy.deepcopy(model)  # leave the caller's model as it was
+        self.model = model.eval().to(device=self.device, dtype=dtype)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.batch_size = batch_size
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.preserve_color = preserve_color
+        self.strength = float(strength)
+        self.progress = progress
+        self.multiple = int(getattr(model, "multiple", 1))
+
+    # -- tensors -------------------------------------------------------------------------------
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Model on ``(N, 3, h, w)`` float32 0-255 of any size; pads to the model's multiple
+        (reflect where possible) and crops back. Returns float32 ``(N, 3, h, w)``."""
+        h, w = x.shape[-2:]
+        m = self.multiple
+        th, tw = max(-(-h // m) * m, MIN_SIDE), max(-(-w // m) * m, MIN_SIDE)
+        if (th, tw) != (h, w):
+            ph, pw = th - h, tw - w
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.model(x).float()
+        if (th, tw) != (h, w):
+            y = y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        return y
+
+    def _tile_for(self, h: int, w: int) -> int:
+        if self.tile is None:
+            return AUTO_TILE_SIZE if h * w > AUTO_TILE_PIXELS else 0
+        return self.tile if self.tile < max(h, w) else 0
+
+    @torch.inference_mode()
+    def stylize_tensor(self, content: torch.Tensor) -> torch.Tensor:
+        """Stylise ``(N, 3, H, W)`` or ``(3, H, W)`` RGB in 0-255 (any float dtype, any size);
+        returns float32 of the same shape on this Stylizer's device, clamped to 0-255."""
+        if not isinstance(content, torch.Tensor) or content.dim() not in (3, 4) \
+                or content.shape[-3] != 3:
+            shape = tuple(content.shape) if isinstance(content, torch.Tensor) else type(content)
+            raise ValueError(f"stylize_tensor: content must be a (N, 3, H, W) or (3, H, W) "
+                             f"tensor, got {shape}")
+        unbatched = content.dim() == 3
+        x = content.unsqueeze(0) if unbatched else content
+        x = x.to(device=self.device, dtype=torch.float32)
+        tile = self._tile_for(*x.shape[-2:])
+        if tile:
+            y = torch.cat([stylize_tiled(self._forward, x[i:i + 1], tile, self.tile_overlap)
+                           for i in range(x.shape[0])])
+        else:
+            y = self._forward(x)
+        y = y.clamp_(0, 255)  # a valid image first, so that blending mixes two images
+        if self.preserve_color:
+            y = preserve_color(x, y).clamp_(0, 255)
+        y = blend(x, y, self.strength)
+        return y[0] if unbatched else y
+
+    def stylize_array(self, rgb: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` RGB array (0-255) -> stylised float32 ``(H, W, 3)``."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+        return self.stylize_tensor(x).permute(1, 2, 0).cpu().numpy()
+
+    def stylize_image(self, image):
+        """Stylise a ``PIL.Image`` (any mode; alpha kept) and return a ``PIL.Image``."""
+        from PIL import Image, ImageOps
+
+        image = ImageOps.exif_transpose(image)
+        alpha = image.getchannel("A") if "A" in image.getbands() else None
+        out = np.rint(self.stylize_array(np.asarray(image.convert("RGB"), np.float32)))
+        result = Image.fromarray(out.astype(np.uint8))
+        if alpha is not None:
+            result.putalpha(alpha)
+        return result
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _write(self, loaded: LoadedImage, stylized: np.ndarray, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_image(path, stylized, loaded.alpha, loaded.bit_depth,
+                    grayscale=loaded.grayscale and self.preserve_color)
+
+    def stylize_files(self, jobs: Sequence[tuple[str, str]]) -> RunStats:
+        """Stylise image and video files: ``jobs`` is ``[(input, output), ...]``.
+
+        Images of the same size (after EXIF orientation) are batched ``batch_size`` at a time;
+        unreadable images are skipped with a warning and listed in ``RunStats.failed``."""
+        from .video import VIDEO_EXTENSIONS, stylize_video
+
+        stats = RunStats()
+        start = time.perf_counter()
+        images = [(s, d) for s, d in jobs if os.path.splitext(s)[1].lower()
+                  not in VIDEO_EXTENSIONS]
+        videos = [(s, d) for s, d in jobs if os.path.splitext(s)[1].lower() in VIDEO_EXTENSIONS]
+        groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        for src, dst in images:
+            try:
+                groups.setdefault(image_size(src), []).append((src, dst))
+            except ImageReadError as exc:
+                self._skip(stats, src, exc)
+        bar = self._bar(total=sum(len(g) for g in groups.values()), unit="img")
+        try:
+            for (h, w), group in groups.items():
+                per_batch = 1 if self._tile_for(h, w) else self.batch_size
+                for i in range(0, len(group), per_batch):
+                    self._run_batch(group[i:i + per_batch], stats, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        for src, dst in videos:
+            try:
+                stats.frames += stylize_video(self, src, dst)
+                stats.outputs.append(dst)
+            except (ValueError, OSError) as exc:
+                self._skip(stats, src, exc)
+        stats.seconds = time.perf_counter() - start
+        if self.progress:
+            done = f"{stats.images} images" + (f", {stats.frames} frames" if stats.frames else "")
+            print(f"{done} in {stats.seconds:.2f} s ({stats.per_second:.2f} images/s)"
+                  + (f"; {len(stats.failed)} skipped" if stats.failed else ""), file=sys.stderr)
+        return stats
+
+    def _run_batch(self, batch: list[tuple[str, str]], stats: RunStats, bar) -> None:
+        loaded: list[tuple[LoadedImage, str]] = []
+        for src, dst in batch:
+            try:
+                loaded.append((read_image(src), dst))
+            except ImageReadError as exc:
+                self._skip(stats, src, exc)
+                if bar is not None:
+                    bar.update(1)
+        if not loaded:
+            return
+        x = torch.stack([torch.from_numpy(im.rgb).permute(2, 0, 1) for im, _ in loaded])
+        y = self.stylize_tensor(x).permute(0, 2, 3, 1).cpu().numpy()
+        for (im, dst), out in zip(loaded, y):
+            self._write(im, out, dst)
+            stats.images += 1
+            stats.outputs.append(dst)
+            if bar is not None:
+                bar.update(1)
+
+    def _skip(self, stats: RunStats, src: str, exc: Exception) -> None:
+        stats.failed.append((src, str(exc)))
+        warnings.warn(f"skipped {src}: {exc}", RuntimeWarning, stacklevel=3)
+
+    def _bar(self, total: int | None, unit: str):
+        if not self.progress or total == 0:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def iter_batches(self, frames: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+        """Stylise a stream of ``(H, W, 3)`` uint8 frames of one size, ``batch_size`` at a time;
+        yields stylised ``(H, W, 3)`` uint8 frames in order."""
+        pending: list[np.ndarray] = []
+
+        def flush():
+            x = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2)
+            y = self.stylize_tensor(x).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            pending.clear()
+            return list(y.numpy())
+
+        for frame in frames:
+            pending.append(frame)
+            if len(pending) == self.batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()

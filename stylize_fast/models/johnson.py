@@ -1,0 +1,134 @@
+"""JohnsonNet: Johnson et al.'s residual generator, by default exactly the PyTorch examples'
+``fast_neural_style`` ``TransformerNet`` (layout, 1,679,235 parameters, ``state_dict`` keys)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import (
+    NORMS,
+    PADDING_MODES,
+    ConvLayer,
+    UpsampleConvLayer,
+    check_choice,
+    check_positive_int,
+    make_activation,
+    make_norm,
+)
+
+
+class ResidualBlock(nn.Module):
+    """conv 3x3, norm, ReLU, conv 3x3, norm, + input (no activation after the add).
+    Keys: ``conv1.conv2d.*``, ``in1.*``, ``conv2.conv2d.*``, ``in2.*``."""
+
+    def __init__(self, channels: int, norm: str = "fused", padding_mode: str = "reflect") -> None:
+        super().__init__()
+        fused = norm == "fused"
+        self.conv1 = ConvLayer(channels, channels, 3, 1, padding_mode, fused)
+        self.in1, self.relu = make_norm(channels, norm, "relu")
+        self.conv2 = ConvLayer(channels, channels, 3, 1, padding_mode, fused)
+        self.in2, _ = make_norm(channels, norm, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.in1(self.conv1(x)))
+        return self.in2(self.conv2(out)) + x
+
+
+class JohnsonNet(nn.Module):
+    """Johnson et al. (2016) image transformation network; RGB in 0-255 in and out.
+
+    Default: the PyTorch examples' ``TransformerNet`` -- reflection-padded 9x9 conv 3->32, 3x3
+    stride-2 convs to 64 and 128, five residual blocks, two nearest x2 upsample + 3x3 convs, 9x9
+    conv 32->3 without norm or activation.
+
+    Args:
+        norm: ``"fused"`` (stylize_fast kernels), ``"instance"`` (plain PyTorch) or ``"batch"``.
+        channels: width of the first layer (32); the others are 2x and 4x that.
+        num_residual: number of residual blocks (5).
+        padding_mode: ``"reflect"`` (examples) or ``"replicate"`` (texture_nets ``johnson.lua``).
+        upsample: ``"nearest"`` (nearest x2 + conv) or ``"transpose"`` (transposed convolution,
+            texture_nets ``johnson.lua``).
+        final_kernel: kernel size of the last conv, 9 (examples) or 3 (``johnson.lua``).
+        tanh_scale: if set, the output is ``tanh_scale * tanh(y)`` (Johnson's original Lua
+            model uses 150); None for a linear output.
+        in_channels, out_channels: image channels (3).
+
+    Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H', W')`` with ``H' = H`` when H
+    is a multiple of :attr:`multiple` (4); otherwise pad first (the inference engine does).
+    """
+
+    #: Height and width must be multiples of this for the output to keep the input's size.
+    multiple = 4
+
+    def __init__(
+        self,
+        norm: str = "fused",
+        *,
+        channels: int = 32,
+        num_residual: int = 5,
+        padding_mode: str = "reflect",
+        upsample: str = "nearest",
+        final_kernel: int = 9,
+        tanh_scale: float | None = None,
+        in_channels: int = 3,
+        out_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        fn = type(self).__name__
+        check_choice(fn, "norm", norm, NORMS)
+        check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
+        check_choice(fn, "upsample", upsample, ("nearest", "transpose"))
+        check_positive_int(fn, "channels", channels)
+        check_positive_int(fn, "num_residual", num_residual, minimum=0)
+        check_positive_int(fn, "in_channels", in_channels)
+        check_positive_int(fn, "out_channels", out_channels)
+        if final_kernel not in (1, 3, 5, 7, 9):
+            raise ValueError(f"{fn}: final_kernel must be an odd int in 1..9, got {final_kernel!r}")
+        if tanh_scale is not None and not (isinstance(tanh_scale, (int, float))
+                                           and tanh_scale > 0):
+            raise ValueError(f"{fn}: tanh_scale must be None or a positive number, "
+                             f"got {tanh_scale!r}")
+        self.options = dict(norm=norm, channels=channels, num_residual=num_residual,
+                            padding_mode=padding_mode, upsample=upsample,
+                            final_kernel=final_kernel,
+                            tanh_scale=None if tanh_scale is None else float(tanh_scale),
+                            in_channels=in_channels, out_channels=out_channels)
+        self.norm = norm
+        self.tanh_scale = self.options["tanh_scale"]
+        fused = norm == "fused"
+        c1, c2, c3 = channels, 2 * channels, 4 * channels
+
+        self.conv1 = ConvLayer(in_channels, c1, 9, 1, padding_mode, fused)
+        self.in1, _ = make_norm(c1, norm, "relu")
+        self.conv2 = ConvLayer(c1, c2, 3, 2, padding_mode, fused)
+        self.in2, _ = make_norm(c2, norm, "relu")
+        self.conv3 = ConvLayer(c2, c3, 3, 2, padding_mode, fused)
+        self.in3, _ = make_norm(c3, norm, "relu")
+        for i in range(1, num_residual + 1):
+            self.add_module(f"res{i}", ResidualBlock(c3, norm, padding_mode))
+        self.deconv1 = UpsampleConvLayer(c3, c2, 3, 2, upsample, padding_mode, fused)
+        self.in4, _ = make_norm(c2, norm, "relu")
+        self.deconv2 = UpsampleConvLayer(c2, c1, 3, 2, upsample, padding_mode, fused)
+        self.in5, _ = make_norm(c1, norm, "relu")
+        self.deconv3 = ConvLayer(c1, out_channels, final_kernel, 1, padding_mode, fused)
+        # One shared ReLU as in the examples; the fused norms apply it themselves.
+        self.relu = nn.Identity() if fused else make_activation("relu")
+        self.num_residual = num_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` RGB 0-255 -> stylised ``(N, C_out, H, W)`` (for H, W multiples of 4)."""
+        y = self.relu(self.in1(self.conv1(x)))
+        y = self.relu(self.in2(self.conv2(y)))
+        y = self.relu(self.in3(self.conv3(y)))
+        for i in range(1, self.num_residual + 1):
+            y = getattr(self, f"res{i}")(y)
+        y = self.relu(self.in4(self.deconv1(y)))
+        y = self.relu(self.in5(self.deconv2(y)))
+        y = self.deconv3(y)
+        if self.tanh_scale is not None:
+            y = torch.tanh(y) * self.tanh_scale
+        return y
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -1,0 +1,173 @@
+"""TextureNet: Ulyanov et al.'s multi-scale generator (texture_nets ``models/pyramid.lua``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import (
+    ACTIVATIONS,
+    NORMS,
+    PADDING_MODES,
+    check_choice,
+    check_positive_int,
+    make_norm,
+    make_padded_conv,
+)
+
+
+class ConvBlock(nn.Module):
+    """conv 3x3, norm, act, conv 3x3, norm, act, conv 1x1, norm, act (padded: size kept).
+
+    Keys: ``conv{1,2,3}.weight``/``.bias`` and ``norm{1,2,3}.*``.
+    Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str, padding_mode: str,
+                 activation: str, negative_slope: float) -> None:
+        super().__init__()
+        fused = norm == "fused"
+        self.pad1, self.conv1 = make_padded_conv(in_channels, out_channels, 3, 1, padding_mode,
+                                                 fused)
+        self.norm1, self.act1 = make_norm(out_channels, norm, activation, negative_slope)
+        self.pad2, self.conv2 = make_padded_conv(out_channels, out_channels, 3, 1, padding_mode,
+                                                 fused)
+        self.norm2, self.act2 = make_norm(out_channels, norm, activation, negative_slope)
+        self.conv3 = nn.Conv2d(out_channels, out_channels, 1)
+        self.norm3, self.act3 = make_norm(out_channels, norm, activation, negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.norm1(self.conv1(self.pad1(x))))
+        x = self.act2(self.norm2(self.conv2(self.pad2(x))))
+        return self.act3(self.norm3(self.conv3(x)))
+
+
+class Join(nn.Module):
+    """Upsample the coarser path x2 (nearest), normalise each input, concatenate channels
+    (coarse first). Keys: ``norm_coarse.*``, ``norm_fine.*``."""
+
+    def __init__(self, coarse_channels: int, fine_channels: int, norm: str) -> None:
+        super().__init__()
+        self.norm_coarse, _ = make_norm(coarse_channels, norm, None)
+        self.norm_fine, _ = make_norm(fine_channels, norm, None)
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        coarse = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
+        return torch.cat([self.norm_coarse(coarse), self.norm_fine(fine)], dim=1)
+
+
+class TextureNet(nn.Module):
+    """Ulyanov et al. (2016) multi-scale ("pyramid") generator; RGB 0-255 in and out.
+
+    The input is average-pooled by 32, 16, 8, 4, 2, 1; each scale goes through a
+    :class:`ConvBlock` to ``branch_channels`` (8); from the coarsest up, the running path is
+    upsampled x2, both inputs normalised and concatenated (16, 24, ... 48 channels) and passed
+    through a ConvBlock of that width; a final 1x1 conv maps 48 -> 3. With RGB input: 116,915
+    parameters. Sides that are not multiples of 32 (or below 64) are padded (replicate) and
+    cropped back.
+
+    Args:
+        norm: ``"fused"``, ``"instance"`` or ``"batch"``.
+        in_channels: image channels (3).
+        out_channels: output channels (3).
+        branch_channels: channels each scale adds (8).
+        num_scales: number of scales (6: pooling by 32 ... 1).
+        noise_channels: extra uniform-noise channels concatenated to every scale's input (the
+            ICML'16 variant); 0 for none.
+        activation: ``"relu"`` or ``"leaky_relu"`` (some texture_nets versions).
+        negative_slope: slope of ``"leaky_relu"``.
+        padding_mode: ``"replicate"`` (texture_nets) or ``"reflect"`` / ``"zeros"``.
+
+    Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``, any H, W >= 1.
+    """
+
+    multiple = 1  # any size works (padded internally to `internal_multiple`)
+
+    def __init__(
+        self,
+        norm: str = "fused",
+        *,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        branch_channels: int = 8,
+        num_scales: int = 6,
+        noise_channels: int = 0,
+        activation: str = "relu",
+        negative_slope: float = 0.01,
+        padding_mode: str = "replicate",
+    ) -> None:
+        super().__init__()
+        fn = type(self).__name__
+        check_choice(fn, "norm", norm, NORMS)
+        check_choice(fn, "activation", activation, ACTIVATIONS)
+        check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
+        check_positive_int(fn, "in_channels", in_channels)
+        check_positive_int(fn, "out_channels", out_channels)
+        check_positive_int(fn, "branch_channels", branch_channels)
+        check_positive_int(fn, "num_scales", num_scales)
+        check_positive_int(fn, "noise_channels", noise_channels, minimum=0)
+        if num_scales > 12:
+            raise ValueError(f"{fn}: num_scales must be <= 12, got {num_scales}")
+        self.options = dict(norm=norm, in_channels=in_channels, out_channels=out_channels,
+                            branch_channels=branch_channels, num_scales=num_scales,
+                            noise_channels=noise_channels, activation=activation,
+                            negative_slope=float(negative_slope), padding_mode=padding_mode)
+        self.norm = norm
+        self.noise_channels = noise_channels
+        self.num_scales = num_scales
+        self.padding_mode = padding_mode
+        self.internal_multiple = 2 ** (num_scales - 1)
+        block_in = in_channels + noise_channels
+        args = (norm, padding_mode, activation, float(negative_slope))
+        # Scale 0 is the coarsest (pooled by 2**(num_scales-1)), the last one full resolution.
+        self.branches = nn.ModuleList(
+            [ConvBlock(block_in, branch_channels, *args) for _ in range(num_scales)])
+        self.joins = nn.ModuleList()
+        self.merges = nn.ModuleList()
+        for k in range(1, num_scales):
+            width = branch_channels * k
+            self.joins.append(Join(width, branch_channels, norm))
+            self.merges.append(ConvBlock(width + branch_channels, width + branch_channels, *args))
+        self.final = nn.Conv2d(branch_channels * num_scales, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C_out, H, W)``. ``noise`` (optional, only with
+        ``noise_channels``): one ``(N, noise_channels, H_k, W_k)`` tensor per scale, coarsest
+        first, at the padded sizes; drawn uniformly in [0, 1) when not given."""
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.internal_multiple
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if tracing:
+            # Traced size arithmetic stays dynamic (exported models take any size > 32); the
+            # branches below must not depend on the example's size.
+            pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
+        else:
+            # At least 2x2 at the coarsest scale: instance norm needs more than one element.
+            pad_h = max(-(-h // m) * m, 2 * m) - h
+            pad_w = max(-(-w // m) * m, 2 * m) - w
+        if tracing or pad_h or pad_w:
+            # Replicate works for any size (reflect needs pad < side); crop back at the end.
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        path = x
+        for k in range(self.num_scales):
+            factor = 2 ** (self.num_scales - 1 - k)
+            z = F.avg_pool2d(x, factor) if factor > 1 else x
+            if self.noise_channels:
+                if noise is not None:
+                    extra = noise[k]
+                else:
+                    extra = torch.rand(z.shape[0], self.noise_channels, z.shape[2], z.shape[3],
+                                       dtype=z.dtype, device=z.device)
+                z = torch.cat([z, extra.to(z)], dim=1)
+            z = self.branches[k](z)
+            if k == 0:
+                path = z
+            else:
+                path = self.merges[k - 1](self.joins[k - 1](path, z))
+        y = self.final(path)
+        if tracing or pad_h or pad_w:
+            y = y[..., :h, :w]
+        return y
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -1,0 +1,211 @@
+"""Generators: parameter counts, key layouts, variants, and fused == plain on the same weights
+(odd sizes, channels_last, non-contiguous input, float64; forward and gradients)."""
+
+import pytest
+import torch
+from torch import nn
+
+import stylize_fast as sf
+from stylize_fast.models import JohnsonNet, TextureNet, to_plain
+from stylize_fast.testing import assert_close, make_input
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*PaddedConv2d is not available")
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def perturbed(model: nn.Module, scale: float = 0.2) -> nn.Module:
+    """Random affine norm parameters, so that swapped or ignored weights show up."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "conv" not in name and "final" not in name:
+                p.copy_(torch.randn_like(p) * scale + (1.0 if name.endswith("weight") else 0.0))
+    return model.eval()
+
+
+def same_weights(model: nn.Module, norm: str) -> nn.Module:
+    other = type(model)(norm, **{k: v for k, v in model.options.items() if k != "norm"})
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+# --- layout ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["instance", "fused", "batch"])
+def test_johnson_default_parameter_count_and_keys(norm):
+    model = JohnsonNet(norm)
+    assert n_params(model) == 1_679_235
+    keys = [k for k in model.state_dict() if "running" not in k and "num_batches" not in k]
+    assert keys[:4] == ["conv1.conv2d.weight", "conv1.conv2d.bias", "in1.weight", "in1.bias"]
+    assert "res1.conv1.conv2d.weight" in keys and "res5.in2.bias" in keys
+    assert "deconv1.conv2d.weight" in keys and keys[-1] == "deconv3.conv2d.bias"
+    assert len(keys) == 62
+    assert model.state_dict()["deconv3.conv2d.weight"].shape == (3, 32, 9, 9)
+
+
+def test_fused_johnson_uses_fused_layers():
+    model = JohnsonNet("fused")
+    assert isinstance(model.in1, sf.FusedInstanceNorm2d) and model.in1.activation == "relu"
+    assert model.res1.in2.activation is None and model.in5.activation == "relu"
+    assert not any(isinstance(m, (nn.InstanceNorm2d, nn.ReLU, nn.ReflectionPad2d))
+                   and not isinstance(m, sf.FusedInstanceNorm2d) for m in model.modules())
+    if hasattr(sf, "PaddedConv2d"):
+        assert isinstance(model.conv1.conv2d, sf.PaddedConv2d)
+        assert model.conv1.conv2d.padding_mode == "reflect"
+
+
+@pytest.mark.parametrize("norm", ["instance", "fused", "batch"])
+def test_texture_net_parameter_count(norm):
+    assert n_params(TextureNet(norm)) == 116_915
+    # Noise channels (ICML'16 variant) only widen the six first convolutions.
+    assert n_params(TextureNet(norm, noise_channels=2)) == 116_915 + 6 * 2 * 9 * 8
+
+
+def test_texture_net_layout():
+    model = TextureNet("instance")
+    widths = [m.conv1.out_channels for m in model.merges]
+    assert widths == [16, 24, 32, 40, 48]
+    assert model.final.in_channels == 48 and model.final.kernel_size == (1, 1)
+    assert all(isinstance(m.pad1, nn.ReplicationPad2d) for m in model.branches)
+
+
+def test_johnson_variant_counts():
+    # texture_nets johnson.lua: replicate padding, transposed convolutions, final 3x3 conv.
+    lua = JohnsonNet("instance", padding_mode="replicate", upsample="transpose", final_kernel=3)
+    assert isinstance(lua.deconv1.conv2d, nn.ConvTranspose2d)
+    assert n_params(lua) == 1_679_235 - 3 * 32 * (81 - 9)
+    small = JohnsonNet("instance", channels=16, num_residual=3)
+    assert not hasattr(small, "res4") and small.res3.conv1.conv2d.in_channels == 64
+
+
+@pytest.mark.parametrize("kwargs", [dict(norm="group"), dict(channels=0), dict(num_residual=-1),
+                                    dict(padding_mode="circular"), dict(upsample="bilinear"),
+                                    dict(final_kernel=4), dict(tanh_scale=-1.0)])
+def test_johnson_bad_arguments(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"JohnsonNet: {name}"):
+        JohnsonNet(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(norm="layer"), dict(activation="gelu"),
+                                    dict(noise_channels=-1), dict(num_scales=0)])
+def test_texture_bad_arguments(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"TextureNet: {name}"):
+        TextureNet(**kwargs)
+
+
+# --- fused vs plain -------------------------------------------------------------------------------
+
+JOHNSON_VARIANTS = {
+    "examples": dict(channels=4, num_residual=2),
+    "lua": dict(channels=4, num_residual=1, padding_mode="replicate", upsample="transpose",
+                final_kernel=3),
+    "tanh": dict(channels=3, num_residual=1, tanh_scale=150.0),
+}
+
+
+@pytest.mark.parametrize("variant", list(JOHNSON_VARIANTS))
+@pytest.mark.parametrize("size", [(36, 44), (37, 45)])  # multiple of 4 / odd (output size moves)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_johnson_fused_matches_instance(variant, size, layout):
+    plain = perturbed(JohnsonNet("instance", **JOHNSON_VARIANTS[variant]))
+    fused = same_weights(plain, "fused")
+    x = make_input((2, 3, *size), layout=layout, mean=120.0, std=60.0)
+    with torch.no_grad():
+        expected = plain(x.contiguous())
+        actual = fused(x)
+    scale = expected.abs().max().item()
+    assert_close(actual, expected, atol=2e-5 * max(scale, 1.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(37, 45), (70, 33)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(activation="leaky_relu", negative_slope=0.2)])
+def test_texture_fused_matches_instance(size, layout, kwargs):
+    # A narrower, shallower pyramid keeps this quick; the default one is checked below.
+    plain = perturbed(TextureNet("instance", branch_channels=3, num_scales=4, **kwargs))
+    _check_texture_fused(plain, size, layout)
+
+
+def test_default_texture_fused_matches_instance():
+    _check_texture_fused(perturbed(TextureNet("instance")), (37, 45), "contiguous")
+
+
+def _check_texture_fused(plain, size, layout):
+    fused = same_weights(plain, "fused")
+    x = make_input((1, 3, *size), layout=layout, mean=120.0, std=60.0)
+    with torch.no_grad():
+        expected = plain(x.contiguous())
+        actual = fused(x)
+    assert actual.shape == (1, 3, *size)  # any size in, same size out
+    # 2x2 planes at the coarsest scale amplify float32 rounding; float64 below is tight.
+    assert_close(actual, expected, atol=5e-4 * max(expected.abs().max().item(), 1.0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["johnson", "texture"])
+def test_fused_matches_instance_float64(arch):
+    plain = (JohnsonNet("instance", channels=3, num_residual=1) if arch == "johnson"
+             else TextureNet("instance", branch_channels=2, num_scales=3))
+    plain = perturbed(plain).double()
+    fused = same_weights(plain, "fused").double()
+    x = make_input((1, 3, 21, 19), torch.float64, mean=100.0, std=50.0)
+    with torch.no_grad():
+        assert_close(fused(x), plain(x), atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("arch", ["johnson", "texture"])
+def test_fused_gradients_match_instance(arch):
+    plain = (JohnsonNet("instance", channels=3, num_residual=1) if arch == "johnson"
+             else TextureNet("instance", branch_channels=2, num_scales=3))
+    plain = perturbed(plain).double().train()
+    fused = same_weights(plain, "fused").double().train()
+    x = make_input((2, 3, 16, 20), torch.float64, mean=100.0, std=50.0)
+    upstream = torch.randn_like(plain(x))
+    plain(x).backward(upstream)
+    fused(x).backward(upstream)
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        assert_close(q.grad, p.grad, atol=1e-7, rtol=1e-6, name=f"grad of {name}")
+
+
+def test_to_plain_is_standard_pytorch():
+    fused = perturbed(TextureNet("fused", branch_channels=2, num_scales=3))
+    plain = to_plain(fused)
+    assert plain.norm == "instance" and not any(
+        isinstance(m, sf.FusedInstanceNorm2d) for m in plain.modules())
+    x = torch.rand(1, 3, 40, 40) * 255
+    with torch.no_grad():
+        assert_close(plain(x), fused(x), atol=1e-3, rtol=1e-3)
+    batch = JohnsonNet("batch", channels=2, num_residual=0)
+    assert to_plain(batch) is batch
+
+
+def test_batch_norm_variant_trains_and_evals():
+    for model in (JohnsonNet("batch", channels=2, num_residual=1),
+                  TextureNet("batch", branch_channels=2, num_scales=3)):
+        x = torch.rand(2, 3, 32, 32) * 255
+        model.train()(x).mean().backward()
+        assert int(model.state_dict()[next(k for k in model.state_dict()
+                                            if k.endswith("num_batches_tracked"))]) == 1
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(x)).all()
+
+
+def test_texture_noise_channels():
+    model = TextureNet("fused", noise_channels=2, branch_channels=2, num_scales=3).eval()
+    x = torch.rand(1, 3, 16, 16) * 255
+    with torch.no_grad():
+        a, b = model(x), model(x)  # fresh noise each call
+        assert not torch.equal(a, b)
+        sizes = [16 // 2 ** (2 - k) for k in range(3)]
+        noise = [torch.rand(1, 2, s, s) for s in sizes]
+        assert torch.equal(model(x, noise), model(x, noise))
+
+
+def test_texture_tiny_input():
+    model = TextureNet("fused", branch_channels=2, num_scales=4).eval()
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 5, 3) * 255)  # padded to 16x16 inside, cropped back
+    assert y.shape == (1, 3, 5, 3) and torch.isfinite(y).all()
