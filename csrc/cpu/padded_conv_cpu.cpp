@@ -1,0 +1,360 @@
+// Padded convolution on CPU: F.conv2d(F.pad(x, (pw, pw, ph, ph), mode), w, b, stride) without
+// ever building the padded tensor.
+//
+// Design ("border fix-up"): the library convolution (oneDNN) is run once on the whole input with
+// *zero* padding (ph, pw) -- oneDNN pads inside its kernels, no copy. Every output pixel whose
+// receptive field lies inside the image is then already exact; only the output pixels within
+// reach of the border (a band of ceil(p / s) rows / columns on each side) saw zeros where the
+// mode wants reflected / replicated values. Those are recomputed from small padded strips
+// gathered with the padding index map and written over the band: O(perimeter) extra work.
+//
+// The backward is the same identity read backwards. With P(x) = Z(x) + B(x) (zero padding plus
+// the values that only live in the padding ring):
+//   grad_input  = Z^T G + B^T G   -- Z^T G from the library's zero-padded backward; B^T G from
+//                                    the border bands' input gradients restricted to the ring and
+//                                    folded (one thread per (n, c) plane: deterministic, no atomics) onto
+//                                    the reflected / replicated source pixels;
+//   grad_weight = wgrad(Z(x), gy) + sum over bands wgrad(B(strip), gy(band));
+//   grad_bias   = sum of gy (from the library).
+// The four bands (top, bottom, and left / right between them) are disjoint and cover every
+// output pixel that touches the ring, so each contribution is counted exactly once.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/core/MemoryFormat.h>
+#include <c10/util/strides.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+namespace stylize_fast {
+namespace {
+
+constexpr int64_t kZeros = 0, kReflect = 1, kReplicate = 2;
+
+struct Geometry {
+  int64_t n, c, h, w;      // input
+  int64_t o, kh, kw;       // weight (O, C, KH, KW)
+  int64_t sh, sw, ph, pw;  // stride, padding
+  int64_t ho, wo;          // output
+};
+
+// One rectangle of output pixels [oh0, oh1) x [ow0, ow1) that needs the fix-up.
+struct Band {
+  int64_t oh0, oh1, ow0, ow1;
+  bool empty() const { return oh1 <= oh0 || ow1 <= ow0; }
+};
+
+Geometry check_args(const char* fn, const at::Tensor& input, const at::Tensor& weight,
+                    const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                    at::IntArrayRef padding, int64_t mode) {
+  TORCH_CHECK(input.dim() == 4, fn, ": input must have 4 dimensions (N, C, H, W), got ",
+              input.dim(), " with shape ", input.sizes());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
+              fn, ": input must be a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK(weight.dim() == 4, fn, ": weight must have 4 dimensions (O, C, KH, KW), got ",
+              weight.dim(), " with shape ", weight.sizes());
+  TORCH_CHECK(weight.size(1) == input.size(1), fn, ": weight has ", weight.size(1),
+              " input channels (shape ", weight.sizes(), ") but input has ", input.size(1),
+              " channels; groups=1 is required");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), fn, ": weight dtype ",
+              weight.scalar_type(), " must equal input dtype ", input.scalar_type());
+  TORCH_CHECK(weight.device() == input.device(), fn, ": weight is on ", weight.device(),
+              " but input is on ", input.device());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), fn,
+                ": bias must have shape (O,) = (", weight.size(0), ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), fn, ": bias dtype ",
+                bias->scalar_type(), " must equal input dtype ", input.scalar_type());
+    TORCH_CHECK(bias->device() == input.device(), fn, ": bias is on ", bias->device(),
+                " but input is on ", input.device());
+  }
+  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, fn,
+              ": stride must be two integers >= 1, got ", stride);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, fn,
+              ": padding must be two integers >= 0, got ", padding);
+  TORCH_CHECK(mode == kZeros || mode == kReflect || mode == kReplicate, fn,
+              ": padding_mode must be 0 (zeros), 1 (reflect) or 2 (replicate), got ", mode);
+  Geometry g{input.size(0), input.size(1), input.size(2), input.size(3),
+             weight.size(0), weight.size(2), weight.size(3),
+             stride[0], stride[1], padding[0], padding[1], 0, 0};
+  if (mode == kReflect) {
+    TORCH_CHECK(g.ph < g.h && g.pw < g.w, fn, ": reflect padding must be smaller than the "
+                "input size in that dimension (as F.pad): padding (", g.ph, ", ", g.pw,
+                ") for input of height ", g.h, " and width ", g.w);
+  }
+  if (mode == kReplicate) {
+    TORCH_CHECK(g.h > 0 && g.w > 0, fn, ": replicate padding needs a non-empty input plane, "
+                "got height ", g.h, " and width ", g.w);
+  }
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+  TORCH_CHECK(hp >= g.kh && wp >= g.kw, fn, ": padded input (", hp, " x ", wp,
+              ") is smaller than the kernel (", g.kh, " x ", g.kw, ")");
+  g.ho = (hp - g.kh) / g.sh + 1;
+  g.wo = (wp - g.kw) / g.sw + 1;
+  return g;
+}
+
+// Source index of padded coordinate i (0 <= i < size + 2 * pad).
+int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode) {
+  int64_t r = i - pad;
+  if (mode == kReflect) {
+    if (r < 0) r = -r;
+    if (r >= size) r = 2 * (size - 1) - r;
+  } else {
+    r = r < 0 ? 0 : (r >= size ? size - 1 : r);
+  }
+  return r;
+}
+
+// Output rows [0, top) touch the leading padding, rows [bottom, out) the trailing padding.
+std::pair<int64_t, int64_t> border_extent(int64_t size, int64_t pad, int64_t k, int64_t s,
+                                          int64_t out) {
+  if (pad == 0) return {0, out};
+  const int64_t top = std::min(out, (pad - 1) / s + 1);
+  // First output index whose window reaches padded index pad + size.
+  const int64_t v = pad + size - k + 1;
+  const int64_t first = v <= 0 ? 0 : (v + s - 1) / s;
+  return {top, std::max(top, std::min(out, first))};
+}
+
+std::vector<Band> border_bands(const Geometry& g) {
+  auto [top, bottom] = border_extent(g.h, g.ph, g.kh, g.sh, g.ho);
+  auto [left, right] = border_extent(g.w, g.pw, g.kw, g.sw, g.wo);
+  std::vector<Band> bands = {{0, top, 0, g.wo}, {bottom, g.ho, 0, g.wo},
+                             {top, bottom, 0, left}, {top, bottom, right, g.wo}};
+  std::vector<Band> nonempty;
+  for (const auto& b : bands)
+    if (!b.empty()) nonempty.push_back(b);
+  return nonempty;
+}
+
+// The padded-input rectangle a band reads: rows [r0, r1), columns [c0, c1) in padded coords.
+struct Strip {
+  int64_t r0, r1, c0, c1;
+};
+
+Strip strip_of(const Band& b, const Geometry& g) {
+  return {b.oh0 * g.sh, (b.oh1 - 1) * g.sh + g.kh, b.ow0 * g.sw, (b.ow1 - 1) * g.sw + g.kw};
+}
+
+// Bands of equal size (top / bottom, left / right as a rule) are stacked along the batch so
+// that each group is one library call: fewer calls, and a batch > 1 keeps PyTorch's heuristic
+// on oneDNN instead of its slow im2col convolution for small inputs.
+std::vector<std::vector<Band>> band_groups(const Geometry& g) {
+  std::vector<std::vector<Band>> groups;
+  for (const Band& b : border_bands(g)) {
+    bool placed = false;
+    for (auto& group : groups) {
+      const Band& f = group.front();
+      if (f.oh1 - f.oh0 == b.oh1 - b.oh0 && f.ow1 - f.ow0 == b.ow1 - b.ow0) {
+        group.push_back(b);
+        placed = true;
+        break;
+      }
+    }
+    if (!placed) groups.push_back({b});
+  }
+  return groups;
+}
+
+// Work below this many elements runs on the calling thread: a parallel region costs more than
+// copying a strip, and far more when the cores are oversubscribed.
+constexpr int64_t kParallelGrain = 1 << 15;
+
+// Copies the padded-input rectangle `s` of x into `out` (N, C, rows, cols), reading each value
+// through the padding index map. With ring_only, pixels that lie inside the image are written
+// as zeros (the zero-padded library call already covered them). Hand-written because
+// index_select along H / W copies one slice per index (a TensorIterator each).
+void gather_strip(const at::Tensor& x, at::Tensor out, const Strip& s, const Geometry& g,
+                  int64_t mode, bool ring_only) {
+  const int64_t R = s.r1 - s.r0, Q = s.c1 - s.c0, C = g.c;
+  std::vector<int64_t> rows(R), cols(Q);
+  for (int64_t i = 0; i < R; ++i) rows[i] = source_index(s.r0 + i, g.ph, g.h, mode);
+  for (int64_t j = 0; j < Q; ++j) cols[j] = source_index(s.c0 + j, g.pw, g.w, mode);
+  const auto xs = x.strides();
+  const auto os = out.strides();
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, Q * C));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gather_strip", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, g.n * R, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / R, i = t % R;
+        const int64_t r = s.r0 + i - g.ph;
+        const bool row_inside = r >= 0 && r < g.h;
+        const scalar_t* xrow = xp + n * xs[0] + rows[i] * xs[2];
+        scalar_t* orow = op + n * os[0] + i * os[2];
+        for (int64_t j = 0; j < Q; ++j) {
+          const int64_t q = s.c0 + j - g.pw;
+          const bool zero = ring_only && row_inside && q >= 0 && q < g.w;
+          const scalar_t* xpix = xrow + cols[j] * xs[3];
+          scalar_t* opix = orow + j * os[3];
+          for (int64_t c = 0; c < C; ++c) opix[c * os[1]] = zero ? scalar_t(0) : xpix[c * xs[1]];
+        }
+      }
+    });
+  });
+}
+
+// The strips of a group stacked along the batch: (bands * N, C, rows, cols) in layout fmt.
+at::Tensor gather_group(const at::Tensor& x, const std::vector<Band>& group, const Geometry& g,
+                        int64_t mode, at::MemoryFormat fmt, bool ring_only) {
+  const Strip first = strip_of(group.front(), g);
+  auto out = at::empty({static_cast<int64_t>(group.size()) * g.n, g.c, first.r1 - first.r0,
+                        first.c1 - first.c0},
+                       x.options().memory_format(fmt));
+  for (size_t k = 0; k < group.size(); ++k)
+    gather_strip(x, out.narrow(0, k * g.n, g.n), strip_of(group[k], g), g, mode, ring_only);
+  return out;
+}
+
+// grad_input[n, c, src(i), src(j)] += g_strip[n, c, i, j] for every ring pixel (i, j) of the
+// strip (interior pixels were handled by the library's zero-padded backward). Each (n, c) plane
+// is owned by one thread and visited in a fixed order: deterministic, no atomics.
+void fold_strip(at::Tensor& grad_input, const at::Tensor& g_strip, const Strip& s,
+                const Geometry& g, int64_t mode) {
+  const int64_t R = s.r1 - s.r0, Q = s.c1 - s.c0;
+  std::vector<int64_t> rows(R), cols(Q);
+  for (int64_t i = 0; i < R; ++i) rows[i] = source_index(s.r0 + i, g.ph, g.h, mode);
+  for (int64_t j = 0; j < Q; ++j) cols[j] = source_index(s.c0 + j, g.pw, g.w, mode);
+  const auto gs = grad_input.strides();
+  const auto ss = g_strip.strides();
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, R * Q));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g_strip.scalar_type(), "fold_strip",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* gp = grad_input.data_ptr<scalar_t>();
+    const scalar_t* sp = g_strip.const_data_ptr<scalar_t>();
+    at::parallel_for(0, g.n * g.c, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / g.c, c = t % g.c;
+        scalar_t* gplane = gp + n * gs[0] + c * gs[1];
+        const scalar_t* splane = sp + n * ss[0] + c * ss[1];
+        for (int64_t i = 0; i < R; ++i) {
+          const int64_t r = s.r0 + i - g.ph;
+          const bool row_inside = r >= 0 && r < g.h;
+          for (int64_t j = 0; j < Q; ++j) {
+            const int64_t q = s.c0 + j - g.pw;
+            if (row_inside && q >= 0 && q < g.w) continue;
+            scalar_t& dst = gplane[rows[i] * gs[2] + cols[j] * gs[3]];
+            dst = static_cast<acc_t>(dst) + static_cast<acc_t>(splane[i * ss[2] + j * ss[3]]);
+          }
+        }
+      }
+    });
+  });
+}
+
+// t with the canonical strides of fmt (size-1 dims included, as at::empty makes them), so that
+// the result always matches the fake kernel; copies only when the library chose otherwise.
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
+  const bool canonical =
+      fmt == at::MemoryFormat::ChannelsLast
+          ? t.strides() == at::IntArrayRef(c10::get_channels_last_strides_2d(t.sizes()))
+          : t.strides() == at::IntArrayRef(c10::contiguous_strides(t.sizes()));
+  if (canonical) return t;
+  auto want = at::empty(t.sizes(), t.options().memory_format(fmt));
+  want.copy_(t);
+  return want;
+}
+
+at::Tensor band_of(const at::Tensor& t, const Band& b) {
+  return t.narrow(2, b.oh0, b.oh1 - b.oh0).narrow(3, b.ow0, b.ow1 - b.ow0);
+}
+
+const std::array<int64_t, 2> kNoPad = {0, 0};
+const std::array<int64_t, 2> kDilation = {1, 1};
+
+at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, int64_t mode) {
+  const Geometry g = check_args("padded_conv2d_fwd", input, weight, bias, stride, padding, mode);
+  const auto fmt = input.suggest_memory_format();
+  // The weight in the input's layout keeps oneDNN from choosing another output layout.
+  const auto w = weight.contiguous(fmt);
+  at::Tensor out = at::convolution(input, w, bias, stride, padding, kDilation, false, kNoPad, 1);
+  out = in_format(out, fmt);
+  if (mode == kZeros || (g.ph == 0 && g.pw == 0) || out.numel() == 0) return out;
+  for (const auto& group : band_groups(g)) {
+    auto strips = gather_group(input, group, g, mode, fmt, false);
+    auto y = at::convolution(strips, w, bias, stride, kNoPad, kDilation, false, kNoPad, 1);
+    for (size_t k = 0; k < group.size(); ++k)
+      band_of(out, group[k]).copy_(y.narrow(0, k * g.n, g.n));
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, int64_t mode,
+    std::array<bool, 3> output_mask) {
+  const Geometry g =
+      check_args("padded_conv2d_bwd", input, weight, c10::nullopt, stride, padding, mode);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n &&
+                  grad_output.size(1) == g.o && grad_output.size(2) == g.ho &&
+                  grad_output.size(3) == g.wo,
+              "padded_conv2d_bwd: grad_output must have shape (", g.n, ", ", g.o, ", ", g.ho,
+              ", ", g.wo, "), got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(),
+              "padded_conv2d_bwd: grad_output dtype ", grad_output.scalar_type(),
+              " must equal input dtype ", input.scalar_type());
+  const auto fmt = input.suggest_memory_format();
+  const auto w = weight.contiguous(fmt);
+  const auto gy = grad_output.contiguous(fmt);
+  const std::array<int64_t, 1> bias_sizes = {g.o};
+  auto none = at::empty({0}, input.options());
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0] || output_mask[1] || output_mask[2]) {
+    std::tie(grad_input, grad_weight, grad_bias) = at::convolution_backward(
+        gy, input, w, output_mask[2] ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt,
+        stride, padding, kDilation, false, kNoPad, 1, output_mask);
+  }
+  const bool fix = mode != kZeros && (g.ph > 0 || g.pw > 0) && gy.numel() > 0;
+  if (output_mask[0]) grad_input = in_format(grad_input, fmt);
+  at::Tensor grad_weight_acc;
+  if (output_mask[1]) {
+    // Corrections are summed in float32 (float64 for float64), rounded once at the end.
+    grad_weight_acc = grad_weight.to(input.scalar_type() == at::kDouble ? at::kDouble
+                                                                        : at::kFloat);
+  }
+  if (fix && (output_mask[0] || output_mask[1])) {
+    for (const auto& group : band_groups(g)) {
+      const Band& f = group.front();
+      const int64_t nb = static_cast<int64_t>(group.size()) * g.n;
+      auto gy_bands = at::empty({nb, g.o, f.oh1 - f.oh0, f.ow1 - f.ow0},
+                                gy.options().memory_format(fmt));
+      for (size_t k = 0; k < group.size(); ++k)
+        gy_bands.narrow(0, k * g.n, g.n).copy_(band_of(gy, group[k]));
+      // Without the weight gradient only the strips' shape is read.
+      const Strip fs = strip_of(f, g);
+      at::Tensor rings = output_mask[1]
+                             ? gather_group(input, group, g, mode, fmt, true)
+                             : at::zeros({nb, g.c, fs.r1 - fs.r0, fs.c1 - fs.c0},
+                                         input.options().memory_format(fmt));
+      auto [g_strips, gw_bands, unused] = at::convolution_backward(
+          gy_bands, rings, w, c10::nullopt, stride, kNoPad, kDilation, false, kNoPad, 1,
+          {output_mask[0], output_mask[1], false});
+      if (output_mask[1]) grad_weight_acc.add_(gw_bands);
+      if (output_mask[0]) {
+        for (size_t k = 0; k < group.size(); ++k)
+          fold_strip(grad_input, g_strips.narrow(0, k * g.n, g.n), strip_of(group[k], g), g,
+                     mode);
+      }
+    }
+  }
+  if (output_mask[1]) grad_weight = grad_weight_acc.to(input.scalar_type()).contiguous();
+  return {output_mask[0] ? grad_input : none, output_mask[1] ? grad_weight : none.clone(),
+          output_mask[2] ? grad_bias.contiguous() : none.clone()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
+  m.impl("padded_conv2d_fwd", &padded_conv2d_fwd_cpu);
+  m.impl("padded_conv2d_bwd", &padded_conv2d_bwd_cpu);
+}
+
+}  // namespace stylize_fast

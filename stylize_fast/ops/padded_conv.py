@@ -1,0 +1,219 @@
+"""Padded convolution (padding applied inside the kernel): argument checks, autograd and fake
+(meta) registration of the compiled ops, and the per-backend implementation table.
+
+Kernels live in: csrc/cpu/padded_conv_cpu.cpp (cpu), csrc/cuda/padded_conv_cuda.cpp (cuda),
+stylize_fast/ops/padded_conv_triton.py (triton); the reference in padded_conv_reference.py.
+Every backend implements the same internal signature
+
+    fwd(input, weight, bias, stride: tuple[int, int], padding: tuple[int, int],
+        padding_mode_code: int) -> output
+
+with the arguments already checked by :func:`check_args` (same dtype and device, groups = 1).
+The output has the input's suggested memory format (channels_last in -> channels_last out).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .. import _extension, backends
+from . import padded_conv_reference as reference
+from .common import FLOATING_DTYPES, PaddingMode, output_memory_format, padding_mode_code
+
+OP = "padded_conv2d"
+
+
+def _pair(value, name: str, fn: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (isinstance(value, (tuple, list, torch.Size)) and len(value) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def check_args(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    padding_mode: str,
+    *,
+    fn: str = "padded_conv2d",
+) -> tuple[tuple[int, int], tuple[int, int], PaddingMode]:
+    """Validate the public arguments; return (stride, padding, padding_mode_code)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{fn}: input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        hint = " (for one unbatched image use input.unsqueeze(0))" if input.dim() == 3 else ""
+        raise ValueError(f"{fn}: input must have 4 dimensions (N, C, H, W), got "
+                         f"{input.dim()} with shape {tuple(input.shape)}{hint}")
+    if input.dtype not in FLOATING_DTYPES:
+        raise TypeError(f"{fn}: input must be a floating-point tensor (float16, bfloat16, float32 "
+                        f"or float64), got {input.dtype}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{fn}: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(f"{fn}: weight must have 4 dimensions (O, C, KH, KW), got "
+                         f"{weight.dim()} with shape {tuple(weight.shape)}")
+    if weight.shape[1] != input.shape[1]:
+        raise ValueError(f"{fn}: weight of shape {tuple(weight.shape)} expects "
+                         f"{weight.shape[1]} input channels but input has {input.shape[1]} "
+                         f"(shape {tuple(input.shape)}); only groups=1 is supported")
+    if min(weight.shape) < 1:
+        raise ValueError(f"{fn}: weight must be non-empty, got shape {tuple(weight.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.device != input.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but input is on {input.device}; "
+                             "all tensors must be on the same device")
+        if t.dtype != input.dtype:
+            raise TypeError(f"{fn}: {name} dtype {t.dtype} must equal the input dtype "
+                            f"{input.dtype}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{fn}: bias must have shape (O,) = ({weight.shape[0]},), got "
+                         f"{tuple(bias.shape)}")
+    stride = _pair(stride, "stride", fn, 1)
+    if isinstance(padding, str):
+        raise ValueError(f"{fn}: padding must be an int or a pair of ints (string padding such "
+                         f"as {padding!r} is not supported), got {padding!r}")
+    padding = _pair(padding, "padding", fn, 0)
+    code = padding_mode_code(padding_mode)
+    h, w = input.shape[2], input.shape[3]
+    if code == PaddingMode.REFLECT and (padding[0] >= h or padding[1] >= w):
+        raise ValueError(f"{fn}: reflect padding must be smaller than the input size in that "
+                         f"dimension (as F.pad): padding (pad_h, pad_w) = {padding} for input "
+                         f"of height {h} and width {w}")
+    if code == PaddingMode.REPLICATE and (h == 0 or w == 0) and max(padding) > 0:
+        raise ValueError(f"{fn}: replicate padding needs a non-empty input plane, got input "
+                         f"shape {tuple(input.shape)}")
+    kh, kw = weight.shape[2], weight.shape[3]
+    if h + 2 * padding[0] < kh or w + 2 * padding[1] < kw:
+        raise ValueError(f"{fn}: padded input ({h + 2 * padding[0]} x {w + 2 * padding[1]}) is "
+                         f"smaller than the kernel ({kh} x {kw})")
+    return stride, padding, code
+
+
+def output_shape(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                 padding: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(N, O, HO, WO)`` of the padded convolution."""
+    n, _, h, w = input.shape
+    o, _, kh, kw = weight.shape
+    return (n, o, (h + 2 * padding[0] - kh) // stride[0] + 1,
+            (w + 2 * padding[1] - kw) // stride[1] + 1)
+
+
+def padded_conv2d_checked(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    padding_mode: int,
+) -> torch.Tensor:
+    """Run the selected backend on checked arguments."""
+    if input.numel() == 0:
+        return reference.padded_conv2d_forward(input, weight, bias, stride, padding, padding_mode)
+    _, fn = backends.select(OP, input, weight, bias, stride, padding, padding_mode)
+    return fn(input, weight, bias, stride, padding, int(padding_mode))
+
+
+def padded_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    padding_mode: str = "reflect",
+) -> torch.Tensor:
+    """``F.conv2d(F.pad(input, (pw, pw, ph, ph), padding_mode), weight, bias, stride)`` without
+    building the padded tensor.
+
+    Args:
+        input: ``(N, C, H, W)``, float16 / bfloat16 / float32 / float64, any memory format.
+        weight: ``(O, C, KH, KW)`` (groups = 1, dilation = 1), input's dtype and device.
+        bias: ``(O,)`` or None.
+        stride: int or ``(sh, sw)``, >= 1.
+        padding: int or ``(ph, pw)``, >= 0; reflect needs ``ph < H`` and ``pw < W``.
+        padding_mode: ``"reflect"``, ``"replicate"`` or ``"zeros"``.
+
+    Returns:
+        ``(N, O, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)`` in the input's memory
+        format. Differentiable in input, weight and bias.
+    """
+    stride, padding, code = check_args(input, weight, bias, stride, padding, padding_mode)
+    return padded_conv2d_checked(input, weight, bias, stride, padding, code)
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd + fake registration, shared by the compiled ops and the Triton ops.
+
+
+def register_autograd(fwd_op, bwd_op) -> None:
+    """Make ``fwd_op`` (schema of padded_conv2d_fwd) differentiable via ``bwd_op`` (schema of
+    padded_conv2d_bwd). Saves input and weight; the output is not saved."""
+
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, padding_mode = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        ctx.stride, ctx.padding, ctx.padding_mode = stride, padding, padding_mode
+
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2]]
+        grads = bwd_op(grad_output, input, weight, ctx.stride, ctx.padding, ctx.padding_mode,
+                       mask)
+        return (*(g if m else None for g, m in zip(grads, mask)), None, None, None)
+
+    torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
+
+
+def fake_forward(input, weight, bias, stride, padding, padding_mode):
+    return torch.empty(output_shape(input, weight, stride, padding), dtype=input.dtype,
+                       device=input.device, memory_format=output_memory_format(input))
+
+
+def fake_backward(grad_output, input, weight, stride, padding, padding_mode, output_mask):
+    # grad_input in the input's layout; grad_weight contiguous; grad_bias (O,); unrequested (0,).
+    grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                              memory_format=output_memory_format(input))
+                  if output_mask[0] else input.new_empty((0,)))
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else input.new_empty((0,))
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else input.new_empty((0,))
+    return grad_input, grad_weight, grad_bias
+
+
+def _supports_compiled(input, weight, bias, stride, padding, padding_mode) -> str | None:
+    if input.dtype not in FLOATING_DTYPES:
+        return f"dtype {input.dtype} is not supported"
+    return None
+
+
+def _register_compiled_ops() -> None:
+    if not _extension.loaded() or not _extension.has_kernel("padded_conv2d_fwd", "CPU") and \
+            not _extension.has_kernel("padded_conv2d_fwd", "CUDA"):
+        return
+    ops = torch.ops.stylize_fast
+    torch.library.register_fake("stylize_fast::padded_conv2d_fwd")(fake_forward)
+    torch.library.register_fake("stylize_fast::padded_conv2d_bwd")(fake_backward)
+    register_autograd("stylize_fast::padded_conv2d_fwd", ops.padded_conv2d_bwd)
+    for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+        if _extension.has_kernel("padded_conv2d_fwd", key):
+            backends.register(OP, backend, ops.padded_conv2d_fwd, devices=(backend,),
+                              supports=_supports_compiled)
+
+
+backends.register(OP, "reference", reference.padded_conv2d_forward, devices=None)
+_register_compiled_ops()
