@@ -41,6 +41,23 @@ def _sources(*patterns: str) -> list[str]:
     return found
 
 
+def _cuda_home(cpp_extension) -> str | None:
+    """The CUDA toolkit to build with. torch's guess from `which nvcc` is wrong when nvcc on PATH
+    is a wrapper script (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local), so a guess without
+    bin/nvcc and include/cuda_runtime.h is replaced by the first real toolkit found."""
+
+    def is_toolkit(path: str | None) -> bool:
+        return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and \
+            os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME,
+                  "/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for path in candidates:
+        if is_toolkit(path):
+            return path
+    return None
+
+
 def _want_cuda(torch, cpp_extension) -> tuple[bool, str]:
     """Decide whether to compile csrc/cuda; returns (build?, reason in one line)."""
     force, never = _flag("STYLIZE_FAST_FORCE_CUDA"), _flag("STYLIZE_FAST_NO_CUDA")
@@ -51,15 +68,19 @@ def _want_cuda(torch, cpp_extension) -> tuple[bool, str]:
     problems = []
     if torch.version.cuda is None:
         problems.append(f"installed torch {torch.__version__} is a CPU-only build")
-    if cpp_extension.CUDA_HOME is None:
-        problems.append("nvcc / CUDA_HOME not found")
+    cuda_home = _cuda_home(cpp_extension)
+    if cuda_home is None:
+        problems.append("nvcc / CUDA toolkit not found (set CUDA_HOME)")
     if not _sources("cuda/*.cu"):
         problems.append("no CUDA sources in csrc/cuda")
     if problems:
         if force:
             sys.exit("setup.py: STYLIZE_FAST_FORCE_CUDA=1 but cannot build CUDA: " + "; ".join(problems))
         return False, "CPU-only build (" + "; ".join(problems) + ")"
-    return True, f"CUDA build with CUDA {torch.version.cuda} at {cpp_extension.CUDA_HOME}"
+    # torch's builder reads its module-level CUDA_HOME when it compiles and links.
+    cpp_extension.CUDA_HOME = cuda_home
+    os.environ["CUDA_HOME"] = cuda_home
+    return True, f"CUDA build with CUDA {torch.version.cuda} at {cuda_home}"
 
 
 def _extensions():
@@ -79,15 +100,19 @@ def _extensions():
         ext_cls = cpp_extension.CUDAExtension
         sources += _sources("cuda/*.cpp", "cuda/*.cu")
         define_macros.append(("STYLIZE_FAST_WITH_CUDA", "1"))
-        extra["nvcc"] = nvcc_flags
+        # -Xptxas=-v prints registers / spills / stack per kernel (scripts/check_cuda_build.sh
+        # turns it into the resource report); host-side warnings of .cu files are shown too.
+        extra["nvcc"] = nvcc_flags + ["-Xcompiler=-Wall", "-Xcompiler=-Wno-unknown-pragmas"]
         # torch's CUDA wheels ship the cuBLAS/cuSPARSE headers that its own headers include;
-        # a bare toolkit (as on a build box without the full SDK) may lack them.
-        for spec in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
+        # a bare toolkit (as on a build box without the full SDK) may lack them. Appended after
+        # the toolkit's own include dir so the toolkit's runtime headers win.
+        for spec in ("nvidia/cu13/include", "nvidia/cu12/include", "nvidia/cuda_runtime/include"):
             for base in sys.path:
                 candidate = os.path.join(base, spec)
-                if os.path.isdir(candidate):
+                if os.path.isdir(candidate) and not os.path.isfile(
+                        os.path.join(cpp_extension.CUDA_HOME, "include", "cusparse.h")):
                     extra["nvcc"] = extra["nvcc"] + ["-I" + candidate]
-                    extra["cxx"] = extra["cxx"] + ["-I" + candidate]
+                    extra["cxx"] = extra["cxx"] + ["-idirafter", candidate]
 
     info = {
         "version": _version(),
@@ -154,7 +179,8 @@ setup(
     extras_require={
         "triton": ["triton"],
         "plot": ["matplotlib"],
-        "video": ["imageio", "imageio-ffmpeg"],
+        "video": ["av"],
+        "png16": ["pypng"],
         "export": ["onnx", "onnxruntime"],
         "dev": ["pytest", "pytest-benchmark", "matplotlib", "ruff", "expecttest", "hypothesis"],
     },

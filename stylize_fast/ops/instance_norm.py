@@ -1,7 +1,8 @@
 """Fused instance norm + activation: argument checks, autograd and fake (meta) registration of
 the compiled ops, and the per-backend implementation table.
 
-Kernels live in: csrc/cpu/instance_norm_cpu.cpp (cpu), csrc/cuda/instance_norm_cuda.cu (cuda),
+Kernels live in: csrc/cpu/instance_norm_cpu.cpp (cpu), csrc/cuda/instance_norm_kernels.cu +
+instance_norm_cuda.cpp (cuda),
 stylize_fast/ops/instance_norm_triton.py (triton); the reference in instance_norm_reference.py.
 Every backend implements the same internal signature
 
