@@ -17,7 +17,7 @@ def __getattr__(name: str):
     # Heavier subpackages load on first use, so `import stylize_fast` stays quick.
     import importlib
 
-    if name in ("models", "testing", "inference", "export"):
+    if name in ("models", "testing", "inference", "export", "training"):
         return importlib.import_module(f"{__name__}.{name}")
     if name == "Stylizer":
         return importlib.import_module(f"{__name__}.inference").Stylizer

@@ -79,19 +79,24 @@ def loss_config(preset: str = "examples", **overrides) -> LossConfig:
     return LossConfig(**values)
 
 
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    # Losses accumulate in float32 (also under bfloat16/float16 autocast), float64 stays float64.
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, C)``: ``F F^T / (C H W)``, computed in float32 (or float64)."""
     if features.dim() != 4:
         raise ValueError(f"gram_matrix: features must be (N, C, H, W), got {tuple(features.shape)}")
     n, c, h, w = features.shape
-    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-    f = features.to(dtype).reshape(n, c, h * w)
+    f = features.to(_acc_dtype(features)).reshape(n, c, h * w)
     return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between feature maps (same shape), as a float32 scalar."""
-    return nn.functional.mse_loss(features.float(), target.float())
+    """Mean squared error between feature maps (same shape), as a float32 (float64) scalar."""
+    dtype = _acc_dtype(features)
+    return nn.functional.mse_loss(features.to(dtype), target.to(dtype))
 
 
 def style_loss(grams: Mapping[str, torch.Tensor], target_grams: Mapping[str, torch.Tensor],
@@ -100,7 +105,8 @@ def style_loss(grams: Mapping[str, torch.Tensor], target_grams: Mapping[str, tor
     total = None
     for name, g in grams.items():
         t = target_grams[name].to(g.dtype).expand_as(g)
-        term = nn.functional.mse_loss(g, t) * (1.0 if layer_weights is None else layer_weights[name])
+        weight = 1.0 if layer_weights is None else layer_weights[name]
+        term = nn.functional.mse_loss(g, t) * weight
         total = term if total is None else total + term
     if total is None:
         raise ValueError("style_loss: no style layers")
@@ -110,7 +116,7 @@ def style_loss(grams: Mapping[str, torch.Tensor], target_grams: Mapping[str, tor
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Squared total variation ``sum (x[i+1,j]-x[i,j])^2 + (x[i,j+1]-x[i,j])^2`` per image,
     averaged over the batch. ``images``: ``(N, C, H, W)``."""
-    x = images.float()
+    x = images.to(_acc_dtype(images))
     dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).sum()
     dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum()
     return (dx + dy) / x.shape[0]
@@ -145,20 +151,22 @@ class PerceptualLoss(nn.Module):
 
     @torch.no_grad()
     def set_style(self, style: torch.Tensor) -> None:
-        """Compute target Grams from ``style`` ``(1, 3, H, W)`` (float32, outside autocast)."""
+        """Compute target Grams from ``style`` ``(1, 3, H, W)`` (in the network's dtype, outside
+        autocast)."""
         if style.dim() != 4 or style.shape[:2] != (1, 3):
             raise ValueError(f"style image must be (1, 3, H, W), got {tuple(style.shape)}")
-        feats = self.vgg(style.float())
+        feats = self.vgg(style.to(self.vgg.features[0].weight.dtype))
         self.target_grams = {k: gram_matrix(feats[k]) for k in self.config.style_layers}
 
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         if self.config.style_layers and not self.target_grams:
-            raise RuntimeError("PerceptualLoss: call set_style(style_image) before computing the loss")
+            raise RuntimeError("PerceptualLoss: call set_style(style_image) before computing "
+                               "the loss")
         with torch.no_grad():
             target = self.vgg(content) if cfg.content_layers else {}
         feats = self.vgg(output)
-        zero = output.new_zeros((), dtype=torch.float32)
+        zero = output.new_zeros((), dtype=_acc_dtype(output))
         c = sum((content_loss(feats[k], target[k]) for k in cfg.content_layers), zero)
         if cfg.style_layers:
             grams = {k: gram_matrix(feats[k]) for k in cfg.style_layers}

@@ -162,7 +162,8 @@ class VGGFeatures(nn.Module):
             if v == "M":
                 modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                modules += [nn.Conv2d(in_ch, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                modules += [nn.Conv2d(in_ch, int(v), kernel_size=3, padding=1),
+                            nn.ReLU(inplace=True)]
                 in_ch = int(v)
         self.features = nn.Sequential(*modules[:depth])
         self.register_buffer("mean", 255.0 * torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
@@ -182,7 +183,8 @@ class VGGFeatures(nn.Module):
                 # He init keeps activations O(1) through the untrained stack.
                 fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
                 with torch.no_grad():
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                    std = (2.0 / fan_in) ** 0.5
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
                     m.bias.zero_()
         self.source = WeightSource(RANDOM)
 
@@ -227,7 +229,7 @@ def build_vgg(arch: str, layers: Iterable[str], weights: str | os.PathLike | Non
     source = locate_weights(arch, weights)
     if not source.is_random:
         state = torch.load(source.path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         net.load_torchvision_state_dict(state, source)
     return net

@@ -1,0 +1,90 @@
+"""stylize-fast train: train a generator on a folder of content images for one style image.
+
+Also runs under ``torchrun --nproc_per_node=K`` (DistributedDataParallel, gloo on CPU, nccl on
+GPU); only rank 0 writes checkpoints, samples and the final model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a feed-forward style-transfer generator (resumable, AMP, DDP under torchrun)"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--style", required=True, metavar="IMAGE", help="style image")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder of content images (searched recursively; unreadable files "
+                             "are skipped and counted)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for checkpoint.pth, samples/, train_log.jsonl and model.pth")
+    parser.add_argument("--arch", choices=("johnson", "texture"), default="johnson")
+    parser.add_argument("--norm", choices=("batch", "instance", "fused"), default="fused")
+    parser.add_argument("--iterations", type=_positive_int, default=40000, metavar="N")
+    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="B",
+                        help="images per step (per rank under torchrun)")
+    parser.add_argument("--image-size", type=_positive_int, default=256, metavar="S",
+                        help="training crop size (short side resized to S, random SxS crop)")
+    parser.add_argument("--style-size", type=_positive_int, default=None, metavar="S",
+                        help="short side of the style image (default: --image-size)")
+    parser.add_argument("--vgg-weights", default=None, metavar="FILE|random",
+                        help="torchvision-format VGG weights; default: torch hub cache, else "
+                             "download; 'random' = untrained network (smoke tests only)")
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="N")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue exactly from --output/checkpoint.pth")
+    parser.add_argument("--seed", type=int, default=42, metavar="N")
+    parser.add_argument("--preset", choices=("examples", "johnson", "ulyanov"), default="examples",
+                        help="loss layers and weights of a published setup")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="cosine")
+    parser.add_argument("--content-weight", type=float, default=None)
+    parser.add_argument("--style-weight", type=float, default=None)
+    parser.add_argument("--tv-weight", type=float, default=None)
+    parser.add_argument("--content-layers", default=None, metavar="L,L",
+                        help="e.g. relu2_2 (overrides the preset)")
+    parser.add_argument("--style-layers", default=None, metavar="L,L,...",
+                        help="e.g. relu1_2,relu2_2,relu3_3,relu4_3 (overrides the preset)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="data-loader worker processes")
+    parser.add_argument("--amp", nargs="?", const="auto", default=None,
+                        choices=("auto", "bfloat16", "float16"),
+                        help="mixed precision; alone: bfloat16 on CPU, float16 on GPU")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--sample-every", type=_positive_int, default=500, metavar="N")
+    parser.add_argument("--log-every", type=_positive_int, default=50, metavar="N")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-at", type=_positive_int, default=None, metavar="N",
+                        help="stop after iteration N with a checkpoint, as if interrupted")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..training.trainer import TrainConfig
+
+    return TrainConfig(
+        style=args.style, data=args.data, output=args.output, arch=args.arch, norm=args.norm,
+        iterations=args.iterations, batch_size=args.batch_size, image_size=args.image_size,
+        style_size=args.style_size, vgg_weights=args.vgg_weights,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+        preset=args.preset, lr=args.lr, lr_schedule=args.lr_schedule,
+        content_weight=args.content_weight, style_weight=args.style_weight,
+        tv_weight=args.tv_weight, content_layers=args.content_layers,
+        style_layers=args.style_layers, workers=args.workers, amp=args.amp,
+        channels_last=args.channels_last, sample_every=args.sample_every,
+        log_every=args.log_every, device=args.device, progress=not args.no_progress,
+        stop_at=args.stop_at)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.trainer import train
+
+    result = train(config_from_args(args))
+    return 0 if result.iteration >= args.iterations or args.stop_at else 130

@@ -1,0 +1,504 @@
+"""The training loop behind ``stylize-fast train``: checkpoints, exact resume, AMP, DDP.
+
+Exact resume: the data order is a pure function of (seed, iteration) (data.ResumableBatchSampler),
+and a checkpoint holds the model, optimizer, scheduler, grad scaler, every RNG state (torch, CUDA,
+python, numpy, data-loader generator), the iteration and the run's configuration. A run stopped
+after iteration k and resumed with the same arguments performs bitwise the same updates as an
+uninterrupted one (tests/test_trainer.py checks torch.equal on every parameter).
+
+Checkpoints are written atomically (temp file in the same folder, fsync, os.replace) and read
+with ``torch.load(weights_only=True)``: they hold only tensors, dicts, lists, numbers, strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as ddp
+from .data import ContentImages, ResumableBatchSampler, find_images, load_style
+from .losses import LossConfig, PerceptualLoss, loss_config, parse_layers
+
+CHECKPOINT_NAME = "checkpoint.pth"
+FINAL_NAME = "model.pth"
+CHECKPOINT_FORMAT = "stylize_fast.training_checkpoint"
+CHECKPOINT_VERSION = 1
+
+ARCHS = ("johnson", "texture")
+NORMS = ("batch", "instance", "fused")
+SCHEDULES = ("constant", "cosine", "step")
+
+# Fields that define the sequence of updates: a resumed run must agree on all of them.
+_RUN_DEFINING = ("arch", "norm", "iterations", "batch_size", "image_size", "style_size", "seed",
+                 "preset", "lr", "lr_schedule", "content_weight", "style_weight", "tv_weight",
+                 "content_layers", "style_layers", "amp", "channels_last", "vgg_weights")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (the ``stylize-fast train`` flags)."""
+
+    style: str
+    data: str
+    output: str
+    arch: str = "johnson"
+    norm: str = "fused"
+    iterations: int = 40000
+    batch_size: int = 4
+    image_size: int = 256
+    style_size: int | None = None  # None: same as image_size
+    vgg_weights: str | None = None  # file, "random", or None (hub cache / download)
+    checkpoint_every: int = 1000
+    resume: bool = False
+    seed: int = 42
+    preset: str = "examples"
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    content_layers: list[str] | None = None
+    style_layers: list[str] | None = None
+    workers: int = 2
+    amp: str | None = None  # None, "auto" (bf16 on CPU, fp16 on GPU), "bfloat16", "float16"
+    channels_last: bool = False
+    sample_every: int = 500
+    log_every: int = 50
+    device: str | None = None
+    progress: bool = True
+    stop_at: int | None = None  # stop (with a checkpoint) after this iteration, as if killed
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"--norm must be one of {NORMS}, got {self.norm!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        for name in ("iterations", "batch_size", "image_size", "checkpoint_every", "sample_every",
+                     "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"got {value!r}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.amp not in (None, "auto", "bfloat16", "float16"):
+            raise ValueError(f"--amp must be auto, bfloat16 or float16, got {self.amp!r}")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.iterations:
+            raise ValueError(f"stop_at must be in 1..iterations, got {self.stop_at}")
+        self.content_layers = parse_layers(self.content_layers)
+        self.style_layers = parse_layers(self.style_layers)
+
+    def loss_config(self) -> LossConfig:
+        return loss_config(self.preset, content_weight=self.content_weight,
+                           style_weight=self.style_weight, tv_weight=self.tv_weight,
+                           content_layers=self.content_layers, style_layers=self.style_layers)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the trained generator (unwrapped, on its training device, train mode)
+    iteration: int  # iterations completed
+    history: list[dict] = field(default_factory=list)  # one entry per completed iteration
+    checkpoint: str | None = None
+    final_model: str | None = None
+    loss_network: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Generators and the final model file
+
+
+def build_generator(arch: str, norm: str) -> nn.Module:
+    """A fresh generator: ``JohnsonNet`` or ``TextureNet`` with the given ``norm``."""
+    from .. import models
+
+    if arch == "johnson":
+        return models.JohnsonNet(norm=norm)
+    if arch == "texture":
+        return models.TextureNet(norm=norm)
+    raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
+
+
+def save_final_model(model: nn.Module, path: str, meta: dict) -> None:
+    """Write the trained generator in the models package's format (atomic; loadable by
+    ``sf.models.load`` and ``stylize-fast stylize``), with ``meta`` as its metadata."""
+    from .. import models
+
+    models.save(model, path, **meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic checkpoint files
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: a crash at
+    any point leaves either the previous file or the new one, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # persist the rename itself (POSIX)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a training checkpoint (``weights_only=True``) and check its format tag."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a stylize_fast training checkpoint")
+    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this "
+                         f"stylize_fast understands ({CHECKPOINT_VERSION})")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state as plain tensors / lists (loadable with weights_only=True)
+
+
+def rng_state(loader_generator: torch.Generator | None = None) -> dict:
+    version, state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    out = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": torch.tensor(state, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if loader_generator is not None:
+        out["dataloader"] = loader_generator.get_state()
+    return out
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["gauss"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loader_generator is not None and "dataloader" in state:
+        loader_generator.set_state(state["dataloader"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    from .. import __version__
+
+    return {"stylize_fast": str(__version__), "torch": str(torch.__version__),
+            "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, iterations: int):
+    """``constant``; ``cosine`` from lr to lr/10 over the run; ``step``: x0.1 at 2/3 and 8/9."""
+    if schedule == "cosine":
+        base = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations,
+                                                          eta_min=base * 0.1)
+    if schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[max(1, iterations * 2 // 3), max(1, iterations * 8 // 9)],
+            gamma=0.1)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def autocast_context(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("--amp float16 needs a GPU; use --amp bfloat16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> str | None:
+    """``--amp`` without a value: bfloat16 on CPU, float16 on GPU."""
+    if amp == "auto":
+        return "bfloat16" if device.type == "cpu" else "float16"
+    return amp
+
+
+def save_image_grid(rows: list[torch.Tensor], path: str) -> None:
+    """Rows of ``(N, 3, H, W)`` images in [0, 255] tiled into one PNG (row-major)."""
+    from PIL import Image
+
+    tiles = [torch.cat(list(r.detach().float().cpu().clamp(0, 255)), dim=2) for r in rows]
+    width = max(t.shape[2] for t in tiles)
+    tiles = [nn.functional.pad(t, (0, width - t.shape[2])) for t in tiles]
+    grid = torch.cat(tiles, dim=1).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current iteration (with a checkpoint)
+    instead of dying mid-update."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict = {}
+
+    def __enter__(self) -> _StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _log(message: str, info: ddp.DistInfo) -> None:
+    if info.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _check_resume_config(saved: dict, config: TrainConfig, world_size: int, saved_world: int,
+                         path: str) -> None:
+    current = config.to_dict()
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in _RUN_DEFINING
+             if saved.get(k) != current[k]]
+    if saved_world != world_size:
+        diffs.append(f"world size: checkpoint {saved_world} vs now {world_size}")
+    if diffs:
+        raise ValueError(f"--resume: {path} was written by a run with different settings; an exact "
+                         f"continuation needs the same ones:\n  " + "\n  ".join(diffs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig, model: nn.Module | None = None,
+          on_iteration: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train a generator as described by ``config``; see the module docstring.
+
+    ``model``: train this generator instead of ``build_generator(config.arch, config.norm)``
+    (the experiment uses it for its instance-norm-with-running-statistics variant; no
+    ``model.pth`` is written then, since the models package cannot describe it).
+    ``on_iteration(iteration, terms)``: called after every completed iteration.
+    """
+    device = ddp.device_for_rank(config.device)
+    info = ddp.setup(device)
+    try:
+        return _train(config, model, on_iteration, device, info)
+    finally:
+        ddp.teardown(info)
+
+
+def _train(config, model, on_iteration, device, info) -> TrainResult:
+    from tqdm import tqdm
+
+    amp = resolve_amp(config.amp, device)
+    out_dir = config.output
+    ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if info.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        if not config.resume and os.path.exists(ckpt_path):
+            raise ValueError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
+                             f"another --output")
+    ddp.barrier(info)
+
+    seed_everything(config.seed)
+    custom_model = model is not None
+    if model is None:
+        model = build_generator(config.arch, config.norm)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+
+    loss_cfg = config.loss_config()
+    loss_fn = PerceptualLoss(loss_cfg, vgg_weights=config.vgg_weights).to(device)
+    loss_label = f"{loss_cfg.vgg}, weights: {loss_fn.vgg.source.label}"
+    _log(f"loss network: {loss_label}", info)
+    style = load_style(config.style, config.style_size or config.image_size).to(device)
+    loss_fn.set_style(style)
+
+    files, skipped = find_images(config.data)
+    _log(f"content images: {len(files)} in {config.data}"
+         f"{f' ({skipped} unreadable files skipped)' if skipped else ''}", info)
+    dataset = ContentImages(files, config.image_size)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.iterations)
+    scaler = torch.amp.GradScaler(device.type, enabled=(amp == "float16"))
+    loader_gen = torch.Generator().manual_seed(config.seed)
+
+    start = 0
+    if config.resume:
+        if os.path.exists(ckpt_path):
+            ckpt = load_checkpoint(ckpt_path)
+            _check_resume_config(ckpt["config"], config, info.world_size,
+                                 ckpt.get("world_size", 1), ckpt_path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("grad_scaler"):
+                scaler.load_state_dict(ckpt["grad_scaler"])
+            set_rng_state(ckpt["rng"], loader_gen)
+            start = int(ckpt["iteration"])
+            _log(f"resumed from {ckpt_path} at iteration {start}", info)
+        else:
+            _log(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", info)
+
+    stop = config.stop_at or config.iterations
+    sampler = ResumableBatchSampler(len(dataset), config.batch_size, config.seed, start,
+                                    max(start, stop), info.rank, info.world_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.workers, generator=loader_gen,
+        pin_memory=device.type == "cuda", persistent_workers=False)
+    train_model = ddp.wrap(model, info, device)
+
+    sample_inputs = torch.stack([dataset[(i, None)] for i in range(min(4, len(dataset)))])
+    history: list[dict] = []
+    log_path = os.path.join(out_dir, "train_log.jsonl")
+
+    def checkpoint(iteration: int) -> None:
+        ddp.broadcast_buffers(model, info)
+        if info.is_main:
+            atomic_save({
+                "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                "iteration": iteration, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "rng": rng_state(loader_gen), "config": config.to_dict(),
+                "loss_config": loss_cfg.to_dict(), "loss_network": loss_label,
+                "loss_network_random": loss_fn.vgg.source.is_random,
+                "world_size": info.world_size, "versions": versions(),
+            }, ckpt_path)
+        ddp.barrier(info)
+
+    def sample(iteration: int) -> None:
+        if not info.is_main:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), autocast_context(device, amp):
+            x = sample_inputs.to(device)
+            y = model(x).float()
+        model.train(was_training)
+        save_image_grid([x, y], os.path.join(out_dir, "samples", f"iter_{iteration:07d}.png"))
+
+    bar = tqdm(total=config.iterations, initial=start, desc="train", dynamic_ncols=True,
+               disable=not (info.is_main and config.progress), file=sys.stderr)
+    iteration = start
+    tick = time.perf_counter()
+    with _StopFlag() as stop_flag:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            if config.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, amp):
+                output = train_model(batch)
+                terms = loss_fn(output, batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+
+            now = time.perf_counter()
+            values = {k: float(ddp.all_mean(v.detach(), info)) for k, v in terms.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                raise RuntimeError(f"training diverged at iteration {iteration}: {values}")
+            entry = {"iteration": iteration, **values, "lr": scheduler.get_last_lr()[0],
+                     "seconds": now - tick}
+            tick = now
+            history.append(entry)
+            if on_iteration is not None:
+                on_iteration(iteration, entry)
+            bar.set_postfix({k: f"{values[k]:.3g}" for k in ("content", "style", "tv", "total")},
+                            refresh=False)
+            bar.update(1)
+            if info.is_main and (iteration % config.log_every == 0 or iteration == stop):
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            if iteration % config.sample_every == 0 or iteration == config.iterations:
+                sample(iteration)
+
+            requested = stop_flag.requested
+            if info.enabled:  # every rank must agree to stop at the same iteration
+                flag = torch.tensor([int(requested)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                requested = bool(flag.item())
+            if iteration % config.checkpoint_every == 0 or iteration == stop or requested:
+                checkpoint(iteration)
+            if requested:
+                _log(f"stopped at iteration {iteration}; continue with --resume", info)
+                break
+    bar.close()
+
+    ddp.broadcast_buffers(model, info)
+    if info.enabled and not ddp.replicas_identical(model, info):
+        raise RuntimeError("DDP replicas diverged: ranks hold different weights")
+    final_path = None
+    if iteration >= config.iterations and info.is_main and not custom_model:
+        final_path = os.path.join(out_dir, FINAL_NAME)
+        save_final_model(model, final_path, {
+            "arch": config.arch, "norm": config.norm, "iterations": iteration,
+            "style": os.path.basename(config.style), "loss_network": loss_label,
+            "loss_config": loss_cfg.to_dict(), "seed": config.seed, "versions": versions()})
+        _log(f"final model: {final_path}", info)
+    ddp.barrier(info)
+    return TrainResult(model=model, iteration=iteration, history=history,
+                       checkpoint=ckpt_path, final_model=final_path, loss_network=loss_label)
