@@ -135,6 +135,8 @@ def _extensions():
         name=f"{PACKAGE}._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        # setuptools compares only source timestamps; headers hold kernel bodies too.
+        depends=sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True)),
         define_macros=define_macros,
         extra_compile_args=extra,
         py_limited_api=False,
