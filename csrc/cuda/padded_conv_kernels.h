@@ -1,0 +1,70 @@
+// Interface between the CUDA device code of the fused padded convolution
+// (padded_conv_kernels.cu, compiled by nvcc WITHOUT torch headers) and its torch binding
+// (padded_conv_cuda.cpp). Plain C++ types only.
+//
+// Algorithm (the same as stylize_fast/ops/padded_conv_triton.py): implicit GEMM on 64x64 tiles
+// staged through shared memory, 256 threads each accumulating a 4x4 micro-tile in fp32 (fp64 for
+// float64). The padding is applied by the loads through the padding index map
+// (reflect i<0 -> -i, i>=H -> 2H-2-i; replicate clamps; zeros masks); no padded tensor is built.
+//   forward      : M = (n, oh, ow), N = c_out, K = (kh, kw, c_in)
+//   input grad   : M = (n, h, w),   N = c_in,  K = (variant, kh, kw, c_out): every input pixel
+//                  gathers the gradient of each padded coordinate the index map sends to it
+//                  (itself, and at the border its mirrored / replicated coordinates); border
+//                  variants no pixel of a tile receives are skipped tile-wide. One writer per
+//                  element, fixed order: deterministic, no atomics.
+//   weight grad  : M = c_out, N = (c_in, kh, kw), K = (n, oh, ow) split into `splits` ranges;
+//                  each block writes its partial, the binding sums them in a fixed order. The
+//                  bias gradient comes from the same grad_output tiles.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace stylize_fast {
+namespace cuda {
+namespace conv {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// Tile sizes of every kernel (M x N x K per step) and threads per block.
+constexpr int kTileM = 64;
+constexpr int kTileN = 64;
+constexpr int kTileK = 16;
+constexpr int kThreads = 256;
+
+// Sizes, element strides (N, C, H, W order) and padding of one convolution. Pixel counts
+// (n * h * w, n * oh * ow) must fit in int32: the binding checks it.
+struct ConvShape {
+  int64_t n, c_in, h, w, c_out, oh, ow;
+  int kh, kw, stride_h, stride_w, pad_h, pad_w;
+  int mode;                 // 0 zeros, 1 reflect, 2 replicate
+  int64_t x_stride[4];      // input / grad_input
+  int64_t w_stride[4];      // weight (c_out, c_in, kh, kw)
+  int64_t y_stride[4];      // output / grad_output
+};
+
+// How the weight gradient's reduction over (n, oh, ow) is split: `splits` blocks along z, each
+// reducing `rows` (a multiple of kTileK) rows. A function of the shape only (deterministic).
+struct WeightSplit {
+  int splits;
+  int64_t rows;
+};
+WeightSplit weight_split(const ConvShape& s);
+
+// Every launcher returns the launch status (cudaGetLastError after each launch).
+// bias may be nullptr.
+cudaError_t padded_conv2d_forward(DType dtype, const ConvShape& s, const void* x, const void* w,
+                                  const void* bias, void* y, cudaStream_t stream);
+cudaError_t padded_conv2d_backward_input(DType dtype, const ConvShape& s, const void* grad_y,
+                                         const void* w, void* grad_x, cudaStream_t stream);
+// weight_partial: (splits, c_out, c_in, kh, kw) contiguous, float (double for kFloat64);
+// bias_partial: (splits, c_out) of the same dtype, or nullptr to skip the bias gradient.
+cudaError_t padded_conv2d_backward_weight(DType dtype, const ConvShape& s,
+                                          const WeightSplit& split, const void* grad_y,
+                                          const void* x, void* weight_partial,
+                                          void* bias_partial, cudaStream_t stream);
+
+}  // namespace conv
+}  // namespace cuda
+}  // namespace stylize_fast
