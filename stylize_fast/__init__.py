@@ -7,10 +7,10 @@ and real-time inference.
 
 from . import backends, functional, ops  # noqa: F401  (ops registers every backend)
 from ._version import __version__
-from .nn import *  # noqa: F401,F403
-from .nn import __all__ as _nn_all
+from .nn import FusedInstanceNorm2d, PaddedConv2d, fuse
 
-__all__ = ["__version__", "backends", "functional", "models", "inference", "Stylizer", *_nn_all]
+__all__ = ["__version__", "backends", "functional", "models", "inference", "training", "Stylizer",
+           "FusedInstanceNorm2d", "PaddedConv2d", "fuse"]
 
 
 def __getattr__(name: str):

@@ -46,7 +46,7 @@ def compiled_with_cuda() -> bool:
     return _CUDA_COMPILED
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_info() -> dict:
     """What setup.py recorded when the extension was built (flags, CUDA, arch list)."""
     path = os.path.join(os.path.dirname(__file__), "_build_info.json")

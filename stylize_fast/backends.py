@@ -93,8 +93,8 @@ def unavailable_reason(name: str) -> str:
     if available().get(name, False):
         return ""
     if name == "cpu":
-        return f"the C++ extension did not load ({_extension.load_error()}); build it with " \
-            "`pip install --no-build-isolation -e .`"
+        return (f"the C++ extension did not load ({_extension.load_error()}); build it with "
+                "`pip install --no-build-isolation -e .`")
     if name == "cuda":
         if not _extension.compiled_with_cuda():
             return "the extension was built without CUDA kernels (see `stylize-fast info`)"

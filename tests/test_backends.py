@@ -54,8 +54,9 @@ def test_environment_variable_sets_default(monkeypatch):
 
 
 def test_forced_backend_that_rejects_the_input_raises():
-    backends.register("_test_op", "reference", lambda x: x, devices=None,
-                      supports=lambda x: "odd widths are not supported" if x.shape[-1] % 2 else None)
+    backends.register(
+        "_test_op", "reference", lambda x: x, devices=None,
+        supports=lambda x: "odd widths are not supported" if x.shape[-1] % 2 else None)
     try:
         with sf.backends.use("reference"):
             with pytest.raises(RuntimeError, match="odd widths are not supported"):
@@ -66,8 +67,9 @@ def test_forced_backend_that_rejects_the_input_raises():
 
 def test_automatic_choice_skips_backends_that_cannot_run(monkeypatch):
     calls = []
-    backends.register("_test_op", "cpu", lambda x: calls.append("cpu"), devices=("cpu",),
-                      supports=lambda x: "float64 unsupported" if x.dtype == torch.float64 else None)
+    backends.register(
+        "_test_op", "cpu", lambda x: calls.append("cpu"), devices=("cpu",),
+        supports=lambda x: "float64 unsupported" if x.dtype == torch.float64 else None)
     backends.register("_test_op", "reference", lambda x: calls.append("ref"), devices=None)
     monkeypatch.setattr(backends, "available",
                         lambda: {"cpu": True, "cuda": False, "triton": False, "reference": True})
