@@ -12,7 +12,7 @@ import torch
 from . import allocator
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo``), or the best the platform module knows."""
     try:
@@ -25,7 +25,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def last_level_cache_bytes() -> int:
     """Size of the CPU's largest cache (bytes); 32 MiB when it cannot be read."""
     best = 0

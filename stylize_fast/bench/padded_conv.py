@@ -1,0 +1,100 @@
+"""Padded convolution providers: ours (padding inside the kernel) against building the padded
+tensor (``F.pad`` + ``F.conv2d``), ``nn.Conv2d(padding_mode=...)`` and torch.compile."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .common import compiled, copy_provider, module_step, sf_backends, skipped
+from .suite import Case, Prepared, Provider, Skip
+
+OP = "padded_conv2d"
+BASELINE = "F.pad+conv2d"
+
+_PAD_MODULES = {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d,
+                "zeros": nn.ZeroPad2d}
+
+
+def _geometry(case: Case) -> tuple[int, int, int, int, int, str]:
+    cin = case.shape[1]
+    out, k = int(case.param("out")), int(case.param("kernel"))
+    stride, mode = int(case.param("stride", 1)), str(case.param("padding_mode", "reflect"))
+    return cin, out, k, stride, k // 2, mode
+
+
+def _conv_init(m: nn.Module, seed: int = 2) -> nn.Module:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return m
+
+
+def _provider(case, device, name, backend, factory, *, sf_backend=None, compile=False,
+              baseline=False) -> Provider:
+    def build() -> Prepared:
+        m = _conv_init(factory()).to(device=device, dtype=case.torch_dtype,
+                                     memory_format=case.memory_format)
+        if compile:
+            m = compiled(m)
+        return module_step(case, m, device, backend=sf_backend)
+
+    return Provider(name, backend, build, baseline=baseline, compiled=compile)
+
+
+def providers(case: Case, device: str, *, compile: bool = False) -> list[Provider]:
+    """Every padded-conv provider for ``case`` (input (N, Cin, H, W); params out, kernel,
+    stride, padding_mode; padding kernel // 2 as in the Johnson net)."""
+    cin, cout, k, stride, pad, mode = _geometry(case)
+    out: list[Provider] = []
+    for backend, reason in sf_backends(OP, device):
+        name = f"sf-{backend}"
+        if reason:
+            out.append(skipped(name, backend, reason))
+            continue
+
+        def factory():
+            try:
+                from ..nn import PaddedConv2d
+            except ImportError:
+                raise Skip("stylize_fast.PaddedConv2d is not available yet") from None
+            return PaddedConv2d(cin, cout, k, stride, pad, padding_mode=mode)
+
+        out.append(_provider(case, device, name, backend, factory, sf_backend=backend))
+    if not sf_backends(OP, device):
+        out.append(skipped("sf", "-", "no backend implements padded_conv2d yet"))
+    explicit = lambda: nn.Sequential(_PAD_MODULES[mode](pad), nn.Conv2d(cin, cout, k, stride))
+    out.append(_provider(case, device, BASELINE, "torch", explicit, baseline=True))
+    out.append(_provider(case, device, "Conv2d(padding_mode)", "torch",
+                         lambda: nn.Conv2d(cin, cout, k, stride, pad, padding_mode=mode)))
+    if compile:
+        out.append(_provider(case, device, f"compiled {BASELINE}", "inductor", explicit,
+                             compile=True))
+    out.append(copy_provider(case, device))
+    return out
+
+
+def _out_hw(case: Case) -> tuple[int, int]:
+    _, _, k, stride, pad, _ = _geometry(case)
+    h, w = case.shape[2:]
+    return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+
+
+def traffic_bytes(case: Case) -> int:
+    """Input read once, output written once, weights read once (forward); three times that
+    for forward+backward (dx, dw)."""
+    cin, cout, k, *_ = _geometry(case)
+    ho, wo = _out_hw(case)
+    n = case.shape[0]
+    elems = case.numel + n * cout * ho * wo + cout * cin * k * k
+    return elems * case.torch_dtype.itemsize * (3 if case.mode == "forward+backward" else 1)
+
+
+def flop_count(case: Case) -> int:
+    """2 * N * Cout * Hout * Wout * Cin * k * k (forward); x3 with backward (dx and dw)."""
+    cin, cout, k, *_ = _geometry(case)
+    ho, wo = _out_hw(case)
+    fwd = 2 * case.shape[0] * cout * ho * wo * cin * k * k
+    return fwd * (3 if case.mode == "forward+backward" else 1)
