@@ -90,7 +90,9 @@ def _extensions():
     build_cuda, reason = _want_cuda(torch, cpp_extension)
     print(f"stylize_fast: {reason}", flush=True)
 
-    cxx_flags = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless _OPENMP is
+    # defined; the extension then shares torch's own libgomp (same soname, already loaded).
+    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"]
     sources = _sources("*.cpp", "cpu/*.cpp")
     define_macros = []
@@ -139,6 +141,7 @@ def _extensions():
         depends=sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True)),
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)}

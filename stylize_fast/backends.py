@@ -36,11 +36,14 @@ class Impl:
     fn:        the implementation; takes the op's internal arguments.
     devices:   device types it accepts ("cpu", "cuda"); None means any.
     supports:  optional legality check fn(*args) -> None if it can run, else the reason.
+    auto:      whether the automatic choice may pick it; False for an implementation that is
+               correct but measured slower than the next one (it still runs when forced).
     """
 
     fn: Callable
     devices: tuple[str, ...] | None
     supports: Callable[..., str | None] | None = None
+    auto: bool = True
 
 
 _REGISTRY: dict[str, dict[str, Impl]] = {}
@@ -54,10 +57,12 @@ def register(
     *,
     devices: tuple[str, ...] | None,
     supports: Callable[..., str | None] | None = None,
+    auto: bool = True,
 ) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"register: backend must be one of {BACKENDS}, got {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = Impl(fn, None if devices is None else tuple(devices), supports)
+    _REGISTRY.setdefault(op, {})[backend] = Impl(
+        fn, None if devices is None else tuple(devices), supports, auto)
 
 
 def implementations(op: str) -> dict[str, Impl]:
@@ -162,7 +167,7 @@ def select(op: str, input: torch.Tensor, *args) -> tuple[str, Callable]:
     avail = available()
     for name in _AUTO_ORDER.get(device, ("reference",)):
         impl = table.get(name)
-        if impl is None or not avail[name]:
+        if impl is None or not avail[name] or not impl.auto:
             continue
         if impl.devices is not None and device not in impl.devices:
             continue

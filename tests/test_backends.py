@@ -104,3 +104,35 @@ def test_info_command_reports_backends(capsys):
     assert main(["info", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"backends"' in out and '"reference": true' in out
+
+
+def test_auto_false_is_skipped_automatically_but_runs_when_forced(monkeypatch):
+    backends.register("_test_op", "cpu", lambda x: "cpu", devices=("cpu",), auto=False)
+    backends.register("_test_op", "reference", lambda x: "ref", devices=None)
+    monkeypatch.setattr(backends, "available",
+                        lambda: {"cpu": True, "cuda": False, "triton": False, "reference": True})
+    try:
+        assert backends.select("_test_op", torch.randn(2))[0] == "reference"
+        backends._forced_stack.append("cpu")
+        try:
+            assert backends.select("_test_op", torch.randn(2))[0] == "cpu"
+        finally:
+            backends._forced_stack.pop()
+    finally:
+        backends._REGISTRY.pop("_test_op")
+
+
+def test_extension_is_built_with_openmp():
+    # at::parallel_for is a header template that silently runs on one thread unless the
+    # extension is compiled with -fopenmp; the library then imports libgomp's GOMP_parallel.
+    if not sf.backends.available()["cpu"]:
+        pytest.skip("needs the C++ extension")
+    import subprocess
+
+    import stylize_fast._C as ext
+
+    out = subprocess.run(["nm", "-D", "--undefined-only", ext.__file__], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        pytest.skip("nm not available")
+    assert "GOMP_parallel" in out.stdout, "stylize_fast._C was compiled without -fopenmp"

@@ -289,12 +289,16 @@ def test_torch_compile_fullgraph(backend, device):
     assert_close(gw, ew, **tolerance(torch.float32, 10.0))
 
 
-def test_default_cpu_backend_is_compiled():
+def test_cpu_kernel_is_registered_but_not_chosen_automatically():
+    # On CPU the border fix-up kernel measures 0.9-1.1x the eager pair's time (README), so the
+    # automatic choice stays with the eager pair; forcing "cpu" runs the kernel.
     if not sf.backends.available()["cpu"]:
         pytest.skip("C++ extension not built")
     x = make_input((1, 2, 5, 5))
     w, _ = _params((1, 2, 5, 5), 3)
-    assert sf.backends.select("padded_conv2d", x, w, None, (1, 1), (1, 1), 1)[0] == "cpu"
+    assert sf.backends.select("padded_conv2d", x, w, None, (1, 1), (1, 1), 1)[0] == "reference"
+    with sf.backends.use("cpu"):
+        assert sf.backends.select("padded_conv2d", x, w, None, (1, 1), (1, 1), 1)[0] == "cpu"
 
 
 # ---------------------------------------------------------------------------------------------

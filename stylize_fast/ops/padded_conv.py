@@ -211,8 +211,11 @@ def _register_compiled_ops() -> None:
     register_autograd("stylize_fast::padded_conv2d_fwd", ops.padded_conv2d_bwd)
     for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         if _extension.has_kernel("padded_conv2d_fwd", key):
+            # CPU: the border fix-up kernel saves the padded copy's memory but measures 1.0-1.1x
+            # the time of F.pad + F.conv2d (README, Performance), so the automatic choice keeps
+            # the eager pair on CPU; sf.backends.use("cpu") selects the kernel.
             backends.register(OP, backend, ops.padded_conv2d_fwd, devices=(backend,),
-                              supports=_supports_compiled)
+                              supports=_supports_compiled, auto=backend != "cpu")
 
 
 backends.register(OP, "reference", reference.padded_conv2d_forward, devices=None)
