@@ -403,3 +403,14 @@ def test_layer_errors():
         sf.PaddedConv2d(2, 2, 3, padding_mode="circular")
     with pytest.raises(ValueError, match="string padding is not supported"):
         sf.PaddedConv2d(2, 2, 3, padding="same")
+
+
+def test_autocast_casts_like_conv2d():
+    x = make_input((1, 3, 9, 8))
+    w = torch.randn(4, 3, 3, 3)
+    b = torch.randn(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sf.functional.padded_conv2d(x, w, b, 1, 1, "reflect")
+        expected = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    assert_close(y, expected, **tolerance(torch.bfloat16, 4))

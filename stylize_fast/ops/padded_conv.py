@@ -149,8 +149,13 @@ def padded_conv2d(
 
     Returns:
         ``(N, O, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)`` in the input's memory
-        format. Differentiable in input, weight and bias.
+        format. Differentiable in input, weight and bias. Under ``torch.autocast`` the
+        tensors are cast to the autocast dtype first, as ``F.conv2d`` does.
     """
+    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
     stride, padding, code = check_args(input, weight, bias, stride, padding, padding_mode)
     return padded_conv2d_checked(input, weight, bias, stride, padding, code)
 
