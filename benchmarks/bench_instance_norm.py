@@ -22,30 +22,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
-import ctypes.util
 import datetime
 import os
 import statistics
 import sys
 import time
 
-# mallopt parameters (malloc.h): keep freed memory in the heap, never serve big blocks by mmap.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
 
 def keep_freed_memory() -> str:
     """Stop glibc returning freed blocks to the OS; returns what was done, for the report."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    except (OSError, AttributeError):
-        ok = False
-    if ok:
-        return "mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
-    return ("allocator unchanged (mallopt unavailable): "
-            "set MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1")
+    from stylize_fast.bench import allocator
+
+    return allocator.pin()
 
 
 ALLOCATOR_NOTE = keep_freed_memory()  # before torch allocates anything

@@ -10,14 +10,10 @@ be undone reliably: a run that wants both settings uses one subprocess per setti
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
 
-# From glibc's malloc.h.
-M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
+from .._malloc import glibc, keep_freed_memory
 
 ENV_SETTINGS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1"}
 SETTINGS = ("pinned", "default")
@@ -26,7 +22,7 @@ _state = {"setting": None}
 
 
 def is_glibc() -> bool:
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    return glibc() is not None
 
 
 def env_pinned() -> bool:
@@ -43,9 +39,8 @@ def pin() -> str:
     elif env_pinned():
         _state["setting"] = "pinned (env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_)"
     else:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         # -1 converts to SIZE_MAX inside glibc: the top of the heap is never given back.
-        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
+        ok = keep_freed_memory(-1)
         _state["setting"] = ("pinned (mallopt M_MMAP_MAX=0 M_TRIM_THRESHOLD=-1)" if ok
                              else "default (mallopt failed)")
     return _state["setting"]

@@ -12,32 +12,14 @@ inference loop. Opt out with ``STYLIZE_FAST_NO_MALLOC_TUNING=1`` or
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 
-# From glibc's <malloc.h>.
-M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
+from .._malloc import glibc, keep_freed_memory
+
 # Large enough never to trim during inference; fits in a C int as mallopt requires.
 TRIM_THRESHOLD = 2**30
 
 _state = {"tuned": False}
-
-
-def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        libc.gnu_get_libc_version()  # only glibc has it (musl etc. do not)
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.mallopt.restype = ctypes.c_int
-        return libc
-    except (OSError, AttributeError):
-        return None
 
 
 def opted_out() -> bool:
@@ -55,10 +37,9 @@ def tune_allocator(force: bool = False) -> bool:
         return True
     if opted_out() and not force:
         return False
-    libc = _libc()
-    if libc is None:
+    if glibc() is None:
         return False
-    ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    ok = keep_freed_memory(TRIM_THRESHOLD)
     _state["tuned"] = ok
     return ok
 
