@@ -28,15 +28,9 @@ import statistics
 import sys
 import time
 
+from stylize_fast.bench import allocator  # noqa: E402
 
-def keep_freed_memory() -> str:
-    """Stop glibc returning freed blocks to the OS; returns what was done, for the report."""
-    from stylize_fast.bench import allocator
-
-    return allocator.pin()
-
-
-ALLOCATOR_NOTE = keep_freed_memory()  # before torch allocates anything
+ALLOCATOR_NOTE = allocator.pin()  # before the benchmark allocates anything
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -48,6 +48,14 @@ def padding_mode_code(padding_mode: str) -> PaddingMode:
                          f"got {padding_mode!r}") from None
 
 
+def unsupported_dtype(input: torch.Tensor, *_args) -> str | None:
+    """Legality check shared by the compiled kernels: None for a floating dtype they handle,
+    else the reason (backends.register's ``supports``)."""
+    if input.dtype not in FLOATING_DTYPES:
+        return f"dtype {input.dtype} is not supported"
+    return None
+
+
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics and accumulation dtype: float64 for float64 input, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

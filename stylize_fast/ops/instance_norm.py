@@ -19,7 +19,14 @@ import torch
 
 from .. import _extension, backends
 from . import instance_norm_reference as reference
-from .common import FLOATING_DTYPES, Activation, activation_code, empty_output_like, stats_dtype
+from .common import (
+    FLOATING_DTYPES,
+    Activation,
+    activation_code,
+    empty_output_like,
+    stats_dtype,
+    unsupported_dtype,
+)
 
 OP = "instance_norm"
 
@@ -128,12 +135,6 @@ def fake_backward(grad_output, input, weight, bias, mean, rstd, activation, nega
     return grad_input, grad_like(weight, mask[1]), grad_like(bias, mask[2])
 
 
-def _supports_compiled(input, weight, bias) -> str | None:
-    if input.dtype not in FLOATING_DTYPES:
-        return f"dtype {input.dtype} is not supported"
-    return None
-
-
 def _register_compiled_ops() -> None:
     if not _extension.loaded():
         return
@@ -144,7 +145,7 @@ def _register_compiled_ops() -> None:
     for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         if _extension.has_kernel("instance_norm_fwd", key):
             backends.register(OP, backend, ops.instance_norm_fwd, devices=(backend,),
-                              supports=_supports_compiled)
+                              supports=unsupported_dtype)
 
 
 backends.register(OP, "reference", reference.instance_norm_forward, devices=None)

@@ -20,7 +20,13 @@ import torch
 
 from .. import _extension, backends
 from . import padded_conv_reference as reference
-from .common import FLOATING_DTYPES, PaddingMode, output_memory_format, padding_mode_code
+from .common import (
+    FLOATING_DTYPES,
+    PaddingMode,
+    output_memory_format,
+    padding_mode_code,
+    unsupported_dtype,
+)
 
 OP = "padded_conv2d"
 
@@ -200,12 +206,6 @@ def fake_backward(grad_output, input, weight, stride, padding, padding_mode, out
     return grad_input, grad_weight, grad_bias
 
 
-def _supports_compiled(input, weight, bias, stride, padding, padding_mode) -> str | None:
-    if input.dtype not in FLOATING_DTYPES:
-        return f"dtype {input.dtype} is not supported"
-    return None
-
-
 def _register_compiled_ops() -> None:
     if not _extension.loaded() or not _extension.has_kernel("padded_conv2d_fwd", "CPU") and \
             not _extension.has_kernel("padded_conv2d_fwd", "CUDA"):
@@ -220,7 +220,7 @@ def _register_compiled_ops() -> None:
             # the time of F.pad + F.conv2d (README, Performance), so the automatic choice keeps
             # the eager pair on CPU; sf.backends.use("cpu") selects the kernel.
             backends.register(OP, backend, ops.padded_conv2d_fwd, devices=(backend,),
-                              supports=_supports_compiled, auto=backend != "cpu")
+                              supports=unsupported_dtype, auto=backend != "cpu")
 
 
 backends.register(OP, "reference", reference.padded_conv2d_forward, devices=None)
