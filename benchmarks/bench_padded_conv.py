@@ -15,8 +15,10 @@ the same noise:
 in two modes: ``forward`` (under no_grad) and ``backward`` (the backward pass alone, for input,
 weight and bias gradients, with a fixed random upstream gradient; the forward runs untimed).
 It prints medians and ratios to pad_conv and appends CSV rows (op, provider, shape, dtype, layout,
-mode, median_ms, p20_ms, p80_ms, ratio, peak_mb, out_channels, kernel, stride, torch, threads,
-timestamp).
+mode, median_ms, p20_ms, p80_ms, ratio, peak_mb, out_channels, kernel, stride, algorithm, torch,
+threads, timestamp). ``algorithm`` is the forward algorithm our CPU kernel ran for the layer
+(winograd, direct, or library = oneDNN with zero padding + border fix-up; the backward always
+uses the library).
 
 Peak memory (``peak_mb``) is measured with the profiler's allocation tracking: every allocation
 and free made through PyTorch's CPU allocator during one call (profile_memory=True; events taken
@@ -50,6 +52,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import stylize_fast as sf  # noqa: E402
+from stylize_fast.ops import padded_conv as padded_conv_ops  # noqa: E402
 
 # (input shape, out_channels, kernel, stride): the generators' convolution layers.
 LAYERS = [
@@ -68,7 +71,8 @@ LAYOUTS = ["nchw", "channels_last"]
 PROVIDERS = ["ours", "pad_conv", "nn_conv"]
 MODES = ["forward", "backward"]
 FIELDS = ["op", "provider", "shape", "dtype", "layout", "mode", "median_ms", "p20_ms", "p80_ms",
-          "ratio", "peak_mb", "out_channels", "kernel", "stride", "torch", "threads", "timestamp"]
+          "ratio", "peak_mb", "out_channels", "kernel", "stride", "algorithm", "torch", "threads",
+          "timestamp"]
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -118,6 +122,7 @@ def make_layer(shape, out_channels, k, stride, layout):
         xg.grad = None
         conv.zero_grad(set_to_none=True)
 
+    algorithm = padded_conv_ops.cpu_algorithm(x, w, (stride, stride), (p, p), 1)
     fns = {}
     for name, f in forwards.items():
         def fwd(f=f):
@@ -137,7 +142,7 @@ def make_layer(shape, out_channels, k, stride, layout):
 
         fns[(name, "forward")] = (None, fwd, fwd)
         fns[(name, "backward")] = (bwd_setup, bwd, fwd_bwd)
-    return fns
+    return fns, algorithm
 
 
 def measure(fns: dict, repeats: int, warmup: int) -> dict:
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {repeats} interleaved rounds, ms [ratio to pad_conv]; peak MB = "
           "allocator high-water mark during the call (forward: no-grad forward; backward: "
           "forward + backward)")
-    header = (f"{'layer':>28} {'layout':>13} {'mode':>8} | " +
+    header = (f"{'layer (forward algorithm)':>33} {'layout':>13} {'mode':>8} | " +
               " ".join(f"{p:>16}" for p in PROVIDERS) + " | peak MB " +
               "/".join(PROVIDERS))
     print(header)
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     with sf.backends.use("cpu"):
         for shape, out_channels, k, stride in layers:
             for layout in LAYOUTS:
-                fns = make_layer(shape, out_channels, k, stride, layout)
+                fns, algorithm = make_layer(shape, out_channels, k, stride, layout)
                 peaks = {}
                 if not args.no_memory:
                     for key, (_, _, whole) in fns.items():
@@ -210,11 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                             "p80_ms": f"{_quantile(ts, 0.8):.4f}",
                             "ratio": f"{med / base:.3f}", "peak_mb": f"{peak:.2f}",
                             "out_channels": out_channels, "kernel": k, "stride": stride,
-                            "torch": torch.__version__, "threads": args.threads,
+                            "algorithm": algorithm, "torch": torch.__version__, "threads": args.threads,
                             "timestamp": stamp,
                         })
-                    name = f"{'x'.join(map(str, shape))} {k}x{k}/{stride}->{out_channels}"
-                    print(f"{name:>28} {layout:>13} {mode:>8} | " + " ".join(cells) + " | " +
+                    name = (f"{'x'.join(map(str, shape))} {k}x{k}/{stride}->{out_channels} "
+                            f"{algorithm[:4]}")
+                    print(f"{name:>33} {layout:>13} {mode:>8} | " + " ".join(cells) + " | " +
                           "/".join(mems), flush=True)
                 del fns
 

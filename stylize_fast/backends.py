@@ -36,14 +36,15 @@ class Impl:
     fn:        the implementation; takes the op's internal arguments.
     devices:   device types it accepts ("cpu", "cuda"); None means any.
     supports:  optional legality check fn(*args) -> None if it can run, else the reason.
-    auto:      whether the automatic choice may pick it; False for an implementation that is
-               correct but measured slower than the next one (it still runs when forced).
+    auto:      whether the automatic choice may pick it: a bool, or fn(*args) -> bool deciding per
+               call (e.g. by shape). False for an implementation that is correct but measured
+               slower than the next one; forcing the backend runs it regardless.
     """
 
     fn: Callable
     devices: tuple[str, ...] | None
     supports: Callable[..., str | None] | None = None
-    auto: bool = True
+    auto: bool | Callable[..., bool] = True
 
 
 _REGISTRY: dict[str, dict[str, Impl]] = {}
@@ -57,7 +58,7 @@ def register(
     *,
     devices: tuple[str, ...] | None,
     supports: Callable[..., str | None] | None = None,
-    auto: bool = True,
+    auto: bool | Callable[..., bool] = True,
 ) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"register: backend must be one of {BACKENDS}, got {backend!r}")
@@ -172,6 +173,8 @@ def select(op: str, input: torch.Tensor, *args) -> tuple[str, Callable]:
         if impl.devices is not None and device not in impl.devices:
             continue
         if impl.supports is not None and impl.supports(input, *args):
+            continue
+        if callable(impl.auto) and not impl.auto(input, *args):
             continue
         return name, impl.fn
     raise RuntimeError(f"no backend can run {op} on {device} tensors")

@@ -36,6 +36,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_isa.h"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -51,11 +53,6 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#endif
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SF_MULTI_ISA 1
-#else
-#define SF_MULTI_ISA 0
 #endif
 #if defined(__unix__)
 #include <unistd.h>
@@ -212,44 +209,9 @@ namespace isa_avx512 {
 #pragma GCC pop_options
 #endif
 
-// Highest level this CPU (and OS) supports: 0 default, 1 avx2, 2 avx512.
-int cpu_level() {
-  static const int level = [] {
-#if SF_MULTI_ISA
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-      return 1;
-#endif
-    return 0;
-  }();
-  return level;
-}
-
-int parse_level(const char* name, const char* value) {
-  const std::string v(value);
-  if (v == "default") return 0;
-  if (v == "avx2") return 1;
-  if (v == "avx512") return 2;
-  TORCH_CHECK(std::strcmp(name, "ATEN_CPU_CAPABILITY") == 0, "environment variable ", name,
-              " must be one of default, avx2, avx512 (or unset), got '", v, "'");
-  return 2;  // torch's other capability names (sve, zvector, ...) do not cap x86 levels
-}
-
-// The table for the level in use: the CPU's best, capped by STYLIZE_FAST_CPU_ISA (else
-// ATEN_CPU_CAPABILITY) when set.
+// The table for the level in use (cpu/cpu_isa.h: the CPU's best, capped by the environment).
 const KernelTable& kernels() {
-  int level = cpu_level();
-  for (const char* name : {"STYLIZE_FAST_CPU_ISA", "ATEN_CPU_CAPABILITY"}) {
-    const char* value = std::getenv(name);
-    if (value != nullptr && *value != '\0') {
-      level = std::min(level, parse_level(name, value));
-      break;
-    }
-  }
+  const int level = cpu_isa_level();
 #if SF_MULTI_ISA
   if (level >= 2) return isa_avx512::kernel_table;
   if (level == 1) return isa_avx2::kernel_table;

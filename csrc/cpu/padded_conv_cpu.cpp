@@ -18,6 +18,13 @@
 //   grad_bias   = sum of gy (from the library).
 // The four bands (top, bottom, and left / right between them) are disjoint and cover every
 // output pixel that touches the ring, so each contribution is counted exactly once.
+//
+// Two layers are better served by kernels of our own, chosen per call by algorithm_for():
+// few output channels (padded_conv_cpu_direct.cpp: the library runs Johnson's last 9x9 32->3
+// layer at a fifth of its usual rate) and 3x3 stride-1 float32 layers (Winograd F(4x4, 3x3),
+// padded_conv_cpu_winograd.cpp: 4x fewer multiplications). STYLIZE_FAST_CONV_ALGO = auto |
+// library | direct | winograd forces one (read on every call; tests use it);
+// padded_conv2d_cpu_algorithm() says which one a call would run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -27,19 +34,15 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
+#include "cpu/padded_conv_cpu.h"
+
 namespace stylize_fast {
+namespace padded_conv_cpu {
 namespace {
-
-constexpr int64_t kZeros = 0, kReflect = 1, kReplicate = 2;
-
-struct Geometry {
-  int64_t n, c, h, w;      // input
-  int64_t o, kh, kw;       // weight (O, C, KH, KW)
-  int64_t sh, sw, ph, pw;  // stride, padding
-  int64_t ho, wo;          // output
-};
 
 // One rectangle of output pixels [oh0, oh1) x [ow0, ow1) that needs the fix-up.
 struct Band {
@@ -79,7 +82,8 @@ Geometry check_args(const char* fn, const at::Tensor& input, const at::Tensor& w
               ": padding_mode must be 0 (zeros), 1 (reflect) or 2 (replicate), got ", mode);
   Geometry g{input.size(0), input.size(1), input.size(2), input.size(3),
              weight.size(0), weight.size(2), weight.size(3),
-             stride[0], stride[1], padding[0], padding[1], 0, 0};
+             stride[0], stride[1], padding[0], padding[1], 0, 0,
+             input.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
   if (mode == kReflect) {
     TORCH_CHECK(g.ph < g.h && g.pw < g.w, fn, ": reflect padding must be smaller than the "
                 "input size in that dimension (as F.pad): padding (", g.ph, ", ", g.pw,
@@ -95,18 +99,6 @@ Geometry check_args(const char* fn, const at::Tensor& input, const at::Tensor& w
   g.ho = (hp - g.kh) / g.sh + 1;
   g.wo = (wp - g.kw) / g.sw + 1;
   return g;
-}
-
-// Source index of padded coordinate i (0 <= i < size + 2 * pad).
-int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode) {
-  int64_t r = i - pad;
-  if (mode == kReflect) {
-    if (r < 0) r = -r;
-    if (r >= size) r = 2 * (size - 1) - r;
-  } else {
-    r = r < 0 ? 0 : (r >= size ? size - 1 : r);
-  }
-  return r;
 }
 
 // Output rows [0, top) touch the leading padding, rows [bottom, out) the trailing padding.
@@ -268,11 +260,70 @@ at::Tensor band_of(const at::Tensor& t, const Band& b) {
 const std::array<int64_t, 2> kNoPad = {0, 0};
 const std::array<int64_t, 2> kDilation = {1, 1};
 
+const char* algorithm_name(Algorithm a) {
+  return a == Algorithm::kDirect ? "direct" : a == Algorithm::kWinograd ? "winograd" : "library";
+}
+
+// The forward algorithm for this call: STYLIZE_FAST_CONV_ALGO when set, else the fastest that
+// applies (direct for few output channels, Winograd for 3x3 stride 1, else the library).
+Algorithm algorithm_for(const Geometry& g, at::ScalarType dtype) {
+  const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
+  const std::string forced = env == nullptr ? "" : env;
+  if (forced.empty() || forced == "auto") {
+    if (direct_applies(g, dtype)) return Algorithm::kDirect;
+    if (winograd_applies(g, dtype) && winograd_pays(g)) return Algorithm::kWinograd;
+    return Algorithm::kLibrary;
+  }
+  if (forced == "library") return Algorithm::kLibrary;
+  if (forced == "direct") {
+    TORCH_CHECK(direct_applies(g, dtype), "padded_conv2d_fwd: STYLIZE_FAST_CONV_ALGO=direct but "
+                "the direct kernel does not handle this layer (", g.o, " output channels, kernel ",
+                g.kh, "x", g.kw, ", stride ", g.sh, "x", g.sw, ", dtype ", dtype, ")");
+    return Algorithm::kDirect;
+  }
+  if (forced == "winograd") {
+    TORCH_CHECK(winograd_applies(g, dtype), "padded_conv2d_fwd: STYLIZE_FAST_CONV_ALGO=winograd "
+                "but Winograd F(4x4, 3x3) does not handle this layer (kernel ", g.kh, "x", g.kw,
+                ", stride ", g.sh, "x", g.sw, ", dtype ", dtype, ")");
+    return Algorithm::kWinograd;
+  }
+  TORCH_CHECK(false, "environment variable STYLIZE_FAST_CONV_ALGO must be one of auto, library, "
+              "direct, winograd (or unset), got '", forced, "'");
+}
+
+// The input gradient's zero-padded part, Z^T G, is itself a stride-1 convolution of grad_output
+// with the flipped, transposed weight and padding k - 1 - p: geometry of that convolution.
+Geometry input_grad_geometry(const Geometry& g) {
+  return {g.n, g.o, g.ho, g.wo, g.c, g.kh, g.kw, 1, 1, g.kh - 1 - g.ph, g.kw - 1 - g.pw,
+          g.h, g.w, g.channels_last};
+}
+
+// Algorithm for the backward's input gradient: Winograd where it applies and pays (or is forced
+// and applies), else the library. Never an error: the backward has no other algorithm to force.
+Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
+  if (g.sh != 1 || g.sw != 1 || g.ph > g.kh - 1 || g.pw > g.kw - 1) return Algorithm::kLibrary;
+  const Geometry d = input_grad_geometry(g);
+  if (!winograd_applies(d, dtype)) return Algorithm::kLibrary;
+  const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
+  const std::string forced = env == nullptr ? "" : env;
+  if (forced == "winograd") return Algorithm::kWinograd;
+  if (!forced.empty() && forced != "auto") return Algorithm::kLibrary;
+  return winograd_pays(d) ? Algorithm::kWinograd : Algorithm::kLibrary;
+}
+
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, int64_t mode) {
   const Geometry g = check_args("padded_conv2d_fwd", input, weight, bias, stride, padding, mode);
   const auto fmt = input.suggest_memory_format();
+  const Algorithm algorithm = algorithm_for(g, input.scalar_type());
+  if (algorithm != Algorithm::kLibrary && input.numel() > 0) {
+    auto out = at::empty({g.n, g.o, g.ho, g.wo}, input.options().memory_format(fmt));
+    const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
+    if (algorithm == Algorithm::kDirect) direct_fwd(input, weight, b, g, mode, out);
+    else winograd_fwd(input, weight, b, g, mode, out);
+    return out;
+  }
   // The weight in the input's layout keeps oneDNN from choosing another output layout.
   const auto w = weight.contiguous(fmt);
   at::Tensor out = at::convolution(input, w, bias, stride, padding, kDilation, false, kNoPad, 1);
@@ -307,10 +358,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   const std::array<int64_t, 1> bias_sizes = {g.o};
   auto none = at::empty({0}, input.options());
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0] || output_mask[1] || output_mask[2]) {
-    std::tie(grad_input, grad_weight, grad_bias) = at::convolution_backward(
+  const bool winograd_input_grad =
+      output_mask[0] && gy.numel() > 0 &&
+      input_grad_algorithm_for(g, input.scalar_type()) == Algorithm::kWinograd;
+  std::array<bool, 3> library_mask = output_mask;
+  if (winograd_input_grad) {
+    library_mask[0] = false;
+    const Geometry d = input_grad_geometry(g);
+    const auto flipped = weight.transpose(0, 1).flip({2, 3});  // (C, O, KH, KW)
+    grad_input = at::empty({g.n, g.c, g.h, g.w}, input.options().memory_format(fmt));
+    winograd_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
+  }
+  if (library_mask[0] || library_mask[1] || library_mask[2]) {
+    at::Tensor library_grad_input;
+    std::tie(library_grad_input, grad_weight, grad_bias) = at::convolution_backward(
         gy, input, w, output_mask[2] ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt,
-        stride, padding, kDilation, false, kNoPad, 1, output_mask);
+        stride, padding, kDilation, false, kNoPad, 1, library_mask);
+    if (library_mask[0]) grad_input = library_grad_input;
   }
   const bool fix = mode != kZeros && (g.ph > 0 || g.pw > 0) && gy.numel() > 0;
   if (output_mask[0]) grad_input = in_format(grad_input, fmt);
@@ -350,6 +414,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
           output_mask[2] ? grad_bias.contiguous() : none.clone()};
 }
 
+// Which algorithm a call with these (already checked) arguments runs: for the forward, or with
+// input_grad for the backward's input gradient. Sizes rather than tensors, so that Python can
+// ask while torch.compile traces with fake tensors.
+std::string padded_conv2d_cpu_algorithm(at::IntArrayRef input_size, at::IntArrayRef weight_size,
+                                        at::ScalarType dtype, bool channels_last,
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        int64_t mode, bool input_grad) {
+  TORCH_CHECK(input_size.size() == 4 && weight_size.size() == 4 && stride.size() == 2 &&
+                  padding.size() == 2,
+              "padded_conv2d_cpu_algorithm: expected 4 input sizes, 4 weight sizes, 2 strides "
+              "and 2 paddings");
+  Geometry g{input_size[0], input_size[1], input_size[2], input_size[3],
+             weight_size[0], weight_size[2], weight_size[3],
+             stride[0], stride[1], padding[0], padding[1],
+             (input_size[2] + 2 * padding[0] - weight_size[2]) / stride[0] + 1,
+             (input_size[3] + 2 * padding[1] - weight_size[3]) / stride[1] + 1, channels_last};
+  (void)mode;  // every algorithm handles every mode
+  return algorithm_name(input_grad ? input_grad_algorithm_for(g, dtype) : algorithm_for(g, dtype));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
@@ -357,4 +441,13 @@ TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
   m.impl("padded_conv2d_bwd", &padded_conv2d_bwd_cpu);
 }
 
+// Introspection for tests and benchmarks: the algorithm a CPU call would run.
+TORCH_LIBRARY_FRAGMENT(stylize_fast, m) {
+  m.def("padded_conv2d_cpu_algorithm(int[] input_size, int[] weight_size, ScalarType dtype, "
+        "bool channels_last, int[2] stride, int[2] padding, int padding_mode, "
+        "bool input_grad=False) -> str",
+        &padded_conv2d_cpu_algorithm);
+}
+
+}  // namespace padded_conv_cpu
 }  // namespace stylize_fast

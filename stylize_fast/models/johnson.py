@@ -53,6 +53,10 @@ class JohnsonNet(nn.Module):
         tanh_scale: if set, the output is ``tanh_scale * tanh(y)`` (Johnson's original Lua
             model uses 150); None for a linear output.
         in_channels, out_channels: image channels (3).
+        channels_last: compute in the channels_last memory format (input and output keep their
+            own layout). None (default): yes for ``norm="fused"`` on CPU, where the fused kernels
+            are channels_last-native and the 3x3 convolutions run as Winograd (measured 0.4x the
+            time of NCHW there); no otherwise. A runtime choice, not part of the architecture.
 
     Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H', W')`` with ``H' = H`` when H
     is a multiple of :attr:`multiple` (4); otherwise pad first (the inference engine does).
@@ -73,6 +77,7 @@ class JohnsonNet(nn.Module):
         tanh_scale: float | None = None,
         in_channels: int = 3,
         out_channels: int = 3,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         fn = type(self).__name__
@@ -85,6 +90,10 @@ class JohnsonNet(nn.Module):
         check_positive_int(fn, "out_channels", out_channels)
         if final_kernel not in (1, 3, 5, 7, 9):
             raise ValueError(f"{fn}: final_kernel must be an odd int in 1..9, got {final_kernel!r}")
+        if channels_last not in (None, True, False):
+            raise ValueError(f"{fn}: channels_last must be None, True or False, "
+                             f"got {channels_last!r}")
+        self.channels_last = channels_last
         if tanh_scale is not None and not (isinstance(tanh_scale, (int, float))
                                            and tanh_scale > 0):
             raise ValueError(f"{fn}: tanh_scale must be None or a positive number, "
@@ -116,8 +125,22 @@ class JohnsonNet(nn.Module):
         self.relu = nn.Identity() if fused else make_activation("relu")
         self.num_residual = num_residual
 
+    def _computes_channels_last(self, x: torch.Tensor) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return self.norm == "fused" and x.device.type == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` RGB 0-255 -> stylised ``(N, C_out, H, W)`` (for H, W multiples of 4)."""
+        """``(N, C, H, W)`` RGB 0-255 -> stylised ``(N, C_out, H, W)`` (for H, W multiples of 4),
+        in the input's memory format."""
+        out_format = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
+        if self._computes_channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self._forward(x)
+        return y.contiguous(memory_format=out_format)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.in1(self.conv1(x)))
         y = self.relu(self.in2(self.conv2(y)))
         y = self.relu(self.in3(self.conv3(y)))

@@ -14,7 +14,9 @@ The output has the input's suggested memory format (channels_last in -> channels
 
 from __future__ import annotations
 
+import functools
 import numbers
+import os
 
 import torch
 
@@ -206,6 +208,46 @@ def fake_backward(grad_output, input, weight, stride, padding, padding_mode, out
     return grad_input, grad_weight, grad_bias
 
 
+ALGORITHM_ENV_VAR = "STYLIZE_FAST_CONV_ALGO"
+
+
+@functools.lru_cache(maxsize=4096)
+def _cpu_algorithm_cached(*key) -> str:
+    input_size, weight_size, dtype, channels_last, stride, padding, mode, input_grad, _env = key
+    return torch.ops.stylize_fast.padded_conv2d_cpu_algorithm(
+        list(input_size), list(weight_size), dtype, channels_last, list(stride), list(padding),
+        mode, input_grad)
+
+
+# Asked with plain sizes, and treated as a constant by torch.compile: the answer depends only on
+# shapes, dtype, layout and the environment, never on tensor values.
+@torch.compiler.assume_constant_result
+def _cpu_algorithm(input_size, weight_size, dtype, channels_last, stride, padding, mode,
+                   input_grad, env) -> str:
+    return _cpu_algorithm_cached(input_size, weight_size, dtype, channels_last, stride, padding,
+                                 mode, input_grad, env)
+
+
+def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                  padding: tuple[int, int], padding_mode: int, *, input_grad: bool = False) -> str:
+    """The algorithm the C++ CPU kernel runs for these (checked) arguments: ``"direct"`` (few
+    output channels), ``"winograd"`` (3x3 stride 1, float32) or ``"library"`` (oneDNN with zero
+    padding + border fix-up) -- for the forward, or with ``input_grad`` for the backward's input
+    gradient (direct never runs there). ``STYLIZE_FAST_CONV_ALGO`` forces one."""
+    return _cpu_algorithm(tuple(int(s) for s in input.shape), tuple(int(s) for s in weight.shape),
+                          input.dtype, output_memory_format(input) == torch.channels_last,
+                          tuple(stride), tuple(padding), int(padding_mode), bool(input_grad),
+                          os.environ.get(ALGORITHM_ENV_VAR, ""))
+
+
+def _cpu_kernel_pays(input, weight, bias, stride, padding, padding_mode) -> bool:
+    """Automatic choice on CPU: the C++ kernel when it runs one of its own algorithms (measured
+    faster than F.pad + F.conv2d, README Performance); its library path (border fix-up) saves the
+    padded copy's memory but measures 1.0-1.1x the eager pair's time, so the reference (the eager
+    pair) runs those layers unless sf.backends.use("cpu") forces the kernel."""
+    return cpu_algorithm(input, weight, stride, padding, padding_mode) != "library"
+
+
 def _register_compiled_ops() -> None:
     if not _extension.loaded() or not _extension.has_kernel("padded_conv2d_fwd", "CPU") and \
             not _extension.has_kernel("padded_conv2d_fwd", "CUDA"):
@@ -216,11 +258,9 @@ def _register_compiled_ops() -> None:
     register_autograd("stylize_fast::padded_conv2d_fwd", ops.padded_conv2d_bwd)
     for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         if _extension.has_kernel("padded_conv2d_fwd", key):
-            # CPU: the border fix-up kernel saves the padded copy's memory but measures 1.0-1.1x
-            # the time of F.pad + F.conv2d (README, Performance), so the automatic choice keeps
-            # the eager pair on CPU; sf.backends.use("cpu") selects the kernel.
             backends.register(OP, backend, ops.padded_conv2d_fwd, devices=(backend,),
-                              supports=unsupported_dtype, auto=backend != "cpu")
+                              supports=unsupported_dtype,
+                              auto=_cpu_kernel_pays if backend == "cpu" else True)
 
 
 backends.register(OP, "reference", reference.padded_conv2d_forward, devices=None)

@@ -1,0 +1,57 @@
+#include "cpu/cpu_isa.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace stylize_fast {
+namespace {
+
+int parse_level(const char* name, const char* value) {
+  const std::string v(value);
+  if (v == "default") return 0;
+  if (v == "avx2") return 1;
+  if (v == "avx512") return 2;
+  TORCH_CHECK(std::strcmp(name, "ATEN_CPU_CAPABILITY") == 0, "environment variable ", name,
+              " must be one of default, avx2, avx512 (or unset), got '", v, "'");
+  return 2;  // torch's other capability names (sve, zvector, ...) do not cap x86 levels
+}
+
+}  // namespace
+
+int cpu_isa_supported() {
+  static const int level = [] {
+#if SF_MULTI_ISA
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+      return 1;
+#endif
+    return 0;
+  }();
+  return level;
+}
+
+int cpu_isa_level() {
+  int level = cpu_isa_supported();
+  for (const char* name : {"STYLIZE_FAST_CPU_ISA", "ATEN_CPU_CAPABILITY"}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && *value != '\0') {
+      level = std::min(level, parse_level(name, value));
+      break;
+    }
+  }
+  return level;
+}
+
+const char* cpu_isa_name(int level) {
+  return level >= 2 ? "avx512" : level == 1 ? "avx2" : "default";
+}
+
+}  // namespace stylize_fast

@@ -1,0 +1,25 @@
+// Which x86 vector instruction-set level the CPU kernels run at, shared by every op that carries
+// per-level kernel copies (instance norm, padded convolution).
+//
+// Levels: 0 baseline (SSE2, or any non-x86 CPU), 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ).
+// The level is the CPU's best, capped by STYLIZE_FAST_CPU_ISA (else torch's ATEN_CPU_CAPABILITY)
+// = default | avx2 | avx512 when set; read on every call so tests can switch it.
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Per-level copies are compiled with `#pragma GCC target`; only GCC on x86-64 builds them.
+#define SF_MULTI_ISA 1
+#else
+#define SF_MULTI_ISA 0
+#endif
+
+namespace stylize_fast {
+
+// Highest level this CPU (and OS) supports.
+int cpu_isa_supported();
+// The level to run: cpu_isa_supported() capped by the environment (see above).
+int cpu_isa_level();
+// "default", "avx2" or "avx512".
+const char* cpu_isa_name(int level);
+
+}  // namespace stylize_fast

@@ -1,0 +1,60 @@
+// Shared by the CPU padded-convolution files:
+//   padded_conv_cpu.cpp           the op (argument checks, algorithm choice, border fix-up path,
+//                                 backward) and its registration;
+//   padded_conv_cpu_direct.cpp    direct kernel for few output channels (e.g. Johnson's last
+//                                 9x9 32->3 layer, which the library runs at a fraction of peak);
+//   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers.
+// The two kernels read the input through the padding index map (source_index) while they pack
+// it, so no padded tensor exists at any point.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace stylize_fast {
+namespace padded_conv_cpu {
+
+constexpr int64_t kZeros = 0, kReflect = 1, kReplicate = 2;
+
+struct Geometry {
+  int64_t n, c, h, w;      // input
+  int64_t o, kh, kw;       // weight (O, C, KH, KW)
+  int64_t sh, sw, ph, pw;  // stride, padding
+  int64_t ho, wo;          // output
+  bool channels_last;      // the input's suggested memory format is channels_last
+};
+
+// Source index of padded coordinate i (0 <= i < size + 2 * pad) under reflect / replicate;
+// for zeros, -1 when the coordinate lies in the padding.
+inline int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode) {
+  int64_t r = i - pad;
+  if (r >= 0 && r < size) return r;
+  if (mode == kZeros) return -1;
+  if (mode == kReflect) {
+    if (r < 0) r = -r;
+    if (r >= size) r = 2 * (size - 1) - r;
+    return r;
+  }
+  return r < 0 ? 0 : size - 1;
+}
+
+// The forward algorithms; padded_conv2d_fwd_cpu picks one per call (algorithm_for).
+enum class Algorithm { kLibrary, kDirect, kWinograd };
+
+// Direct kernel (padded_conv_cpu_direct.cpp): whether it handles this geometry and dtype.
+bool direct_applies(const Geometry& g, at::ScalarType dtype);
+// out: (N, O, HO, WO), preallocated in the input's suggested memory format; every element is
+// written. bias may be undefined.
+void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                const Geometry& g, int64_t mode, at::Tensor& out);
+
+// Winograd F(4x4, 3x3) (padded_conv_cpu_winograd.cpp), same contract; winograd_applies says
+// whether it can run (3x3, stride 1, float32), winograd_pays whether it beats the library.
+bool winograd_applies(const Geometry& g, at::ScalarType dtype);
+bool winograd_pays(const Geometry& g);
+void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                  const Geometry& g, int64_t mode, at::Tensor& out);
+
+}  // namespace padded_conv_cpu
+}  // namespace stylize_fast

@@ -1,0 +1,184 @@
+// Winograd F(4x4, 3x3) padded convolution on CPU (float32, 3x3, stride 1).
+//
+// Each 4x4 block of outputs ("tile") needs a 6x6 patch of the padded input. With Lavin & Gray's
+// transforms (points 0, +-1, +-2, infinity)
+//     Y = A^T [ (G w G^T) . (B^T d B) ] A
+// the 36 products per tile and channel pair replace 144 multiply-adds of the direct method:
+// the convolution becomes 36 independent GEMMs, (tiles x C) . (C x O), in the transform domain.
+// That is 4x fewer multiplications than the library's direct convolution, which already runs
+// near this CPU's peak, so it is the only way left to make these layers (most of Johnson's
+// generator) markedly faster.
+//
+// Padding is free: the input transform reads each 6x6 patch through the padding index map
+// (source_index), so reflect / replicate / zeros padding never materialises.
+//
+// Work is split into blocks of tiles small enough that a block's transformed input V
+// (36 x block x C) and products M (36 x block x O) stay in the core's L2 cache; each thread runs
+// whole blocks: input transform -> 36 GEMMs -> output transform (+ bias), writing its tiles'
+// outputs directly. The weight transform U (36 x C x O) is computed once per call.
+//
+// Accuracy: F(4x4, 3x3) in float32 loses a few bits against direct summation (its transform
+// constants reach 8 and 1/24); errors stay around 1e-6 relative to the output's scale, checked
+// against float64 in tests/test_padded_conv_cpu_winograd.py. Reduced precisions are not routed
+// here (their rounding would be amplified); float64 uses the library.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu/cpu_isa.h"
+#include "cpu/padded_conv_cpu.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+namespace stylize_fast {
+namespace padded_conv_cpu {
+namespace {
+
+struct WinogradJob {
+  const float* x;       // input (N, C, H, W) with strides xs
+  int64_t xs[4];
+  const float* w;       // weight (O, C, 3, 3) with strides ws
+  int64_t ws[4];
+  float* y;             // output (N, O, HO, WO) with strides ys
+  int64_t ys[4];
+  float* U;             // transformed weights [36][Cpad][Opad]
+  const float* bias;    // Opad floats or nullptr
+  int64_t C, O, HO, WO, Cpad, Opad;
+  int64_t tiles_w, tiles;   // tiles per row, per image
+  int64_t block, blocks;    // tiles per block (a multiple of the kernel's row step), per image
+  const int64_t* row_src;   // padded row -> source row, -1 for a zero row
+  const int64_t* col_src;   // padded column -> source column, -1 for a zero column
+};
+
+struct KernelTable {
+  void (*weight_transform)(const WinogradJob&, int64_t, int64_t);
+  void (*run_blocks)(const WinogradJob&, int64_t, int64_t);
+  int row_step;
+};
+
+namespace isa_default {
+#define SF_ISA_LEVEL 0
+#include "padded_conv_cpu_winograd_kernels.h"
+#undef SF_ISA_LEVEL
+}  // namespace isa_default
+
+#if SF_MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#define SF_ISA_LEVEL 1
+#include "padded_conv_cpu_winograd_kernels.h"
+#undef SF_ISA_LEVEL
+}  // namespace isa_avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+namespace isa_avx512 {
+#define SF_ISA_LEVEL 2
+#include "padded_conv_cpu_winograd_kernels.h"
+#undef SF_ISA_LEVEL
+}  // namespace isa_avx512
+#pragma GCC pop_options
+#endif
+
+const KernelTable& kernels() {
+  const int level = cpu_isa_level();
+#if SF_MULTI_ISA
+  if (level >= 2) return isa_avx512::kernel_table;
+  if (level == 1) return isa_avx2::kernel_table;
+#endif
+  (void)level;
+  return isa_default::kernel_table;
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Tiles per block: V and M of one block within ~768 KB (inside a 1 MB L2 with room for U's
+// slice), a multiple of the micro-kernel's row step. STYLIZE_FAST_WINOGRAD_BLOCK overrides it
+// (tuning only).
+int64_t block_size(int64_t Cpad, int64_t Opad, int64_t tiles, int row_step) {
+  int64_t block = (768 * 1024) / (36 * (Cpad + Opad) * 4);
+  if (const char* env = std::getenv("STYLIZE_FAST_WINOGRAD_BLOCK")) block = std::atoll(env);
+  block = std::max<int64_t>(row_step, block / row_step * row_step);
+  return std::min(block, round_up(tiles, row_step));
+}
+
+}  // namespace
+
+bool winograd_applies(const Geometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1;
+}
+
+bool winograd_pays(const Geometry& g) {
+  // The transforms cost O(C + O) per tile, the GEMMs save O(C * O): with few channels the
+  // library wins. channels_last feeds the transforms whole channel vectors; other layouts are
+  // gathered element-wise, which only the widest layers repay (measured: 1x128x128x128 ->128
+  // 0.6x the library in NCHW, 64 -> 32 channels 1.1x; channels_last 0.36-0.7x from 16 up).
+  if (g.channels_last) return g.c >= 16 && g.o >= 16;
+  return g.c >= 128 && g.o >= 64;
+}
+
+void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                  const Geometry& g, int64_t mode, at::Tensor& out) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+                  out.scalar_type() == at::kFloat,
+              "winograd_fwd: float32 tensors expected");
+  const KernelTable& k = kernels();
+  // The transforms run along channels; other layouts are gathered / scattered element-wise
+  // (a channels_last copy each way measured slower still).
+  const at::Tensor& x = input;
+  at::Tensor& y = out;
+  WinogradJob j{};
+  j.x = x.const_data_ptr<float>();
+  j.w = weight.const_data_ptr<float>();
+  j.y = y.data_ptr<float>();
+  for (int d = 0; d < 4; ++d) {
+    j.xs[d] = x.stride(d);
+    j.ws[d] = weight.stride(d);
+    j.ys[d] = y.stride(d);
+  }
+  j.C = g.c;
+  j.O = g.o;
+  j.HO = g.ho;
+  j.WO = g.wo;
+  j.Cpad = round_up(g.c, 16);
+  j.Opad = round_up(g.o, 16);
+  const int64_t tiles_h = (g.ho + 3) / 4;
+  j.tiles_w = (g.wo + 3) / 4;
+  j.tiles = tiles_h * j.tiles_w;
+  j.block = block_size(j.Cpad, j.Opad, j.tiles, k.row_step);
+  j.blocks = (j.tiles + j.block - 1) / j.block;
+
+  // Padded rows / columns the tiles read; those past the padded input only feed outputs past
+  // the edge, which are never stored.
+  std::vector<int64_t> rows(tiles_h * 4 + 2), cols(j.tiles_w * 4 + 2);
+  for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i)
+    rows[i] = i < g.h + 2 * g.ph ? source_index(i, g.ph, g.h, mode) : -1;
+  for (int64_t i = 0; i < static_cast<int64_t>(cols.size()); ++i)
+    cols[i] = i < g.w + 2 * g.pw ? source_index(i, g.pw, g.w, mode) : -1;
+  j.row_src = rows.data();
+  j.col_src = cols.data();
+
+  std::vector<float> bias_padded;
+  if (bias.defined()) {
+    bias_padded.assign(j.Opad, 0.0f);
+    const auto b = bias.to(at::kFloat).contiguous();
+    std::memcpy(bias_padded.data(), b.const_data_ptr<float>(), sizeof(float) * g.o);
+    j.bias = bias_padded.data();
+  }
+  std::vector<float> U(static_cast<size_t>(36 * j.Cpad * j.Opad));
+  j.U = U.data();
+  at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { k.weight_transform(j, b, e); });
+  at::parallel_for(0, g.n * j.blocks, 1, [&](int64_t b, int64_t e) { k.run_blocks(j, b, e); });
+}
+
+}  // namespace padded_conv_cpu
+}  // namespace stylize_fast

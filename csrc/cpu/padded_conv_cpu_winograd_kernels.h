@@ -1,0 +1,236 @@
+// Per-instruction-set kernel bodies of the Winograd F(4x4, 3x3) padded convolution (CPU).
+//
+// NOT an ordinary header: padded_conv_cpu_winograd.cpp includes it once per instruction-set
+// level, inside its own namespace and under a matching `#pragma GCC target`, with SF_ISA_LEVEL
+// 0 (baseline), 1 (AVX2 + FMA) or 2 (AVX-512) defined, after declaring WinogradJob.
+//
+// Vectors are 16 floats (GCC vector extension; one zmm, two ymm or four xmm). Transforms run
+// 16 channels at a time; the transform-domain products are 36 small GEMMs per block of tiles,
+// done by a register-blocked micro-kernel (MR tiles x NV*16 output channels per step).
+
+typedef float vf __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+#if SF_ISA_LEVEL >= 2
+constexpr int kMR = 6, kNV = 4;  // 24 zmm accumulators of 32
+#elif SF_ISA_LEVEL == 1
+constexpr int kMR = 6, kNV = 1;  // 12 ymm accumulators of 16
+#else
+constexpr int kMR = 2, kNV = 1;  // 8 xmm accumulators of 16
+#endif
+
+inline vf vload(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
+inline vf vsplat(float s) { return vf{} + s; }
+
+// out = B^T d for one 6-vector (rows of B^T: interpolation points 0, +-1, +-2, infinity).
+inline void bt6(const vf d[6], vf out[6]) {
+  out[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  out[1] = d[3] + d[4] - 4.0f * (d[1] + d[2]);
+  out[2] = d[4] - d[3] + 4.0f * (d[1] - d[2]);
+  out[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
+  out[4] = d[4] - d[2] + 2.0f * (d[1] - d[3]);
+  out[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+// out = A^T m for one 6-vector: the 4 outputs of a tile row.
+inline void at6(const vf m[6], vf out[4]) {
+  const vf p12 = m[1] + m[2], m12 = m[1] - m[2], p34 = m[3] + m[4], m34 = m[3] - m[4];
+  out[0] = m[0] + p12 + p34;
+  out[1] = m12 + 2.0f * m34;
+  out[2] = p12 + 4.0f * p34;
+  out[3] = m12 + 8.0f * m34 + m[5];
+}
+
+// out = G g for one 3-vector.
+inline void g3(const vf g[3], vf out[6]) {
+  out[0] = 0.25f * g[0];
+  out[1] = (-1.0f / 6.0f) * (g[0] + g[1] + g[2]);
+  out[2] = (-1.0f / 6.0f) * (g[0] - g[1] + g[2]);
+  out[3] = (1.0f / 24.0f) * g[0] + (1.0f / 12.0f) * g[1] + (1.0f / 6.0f) * g[2];
+  out[4] = (1.0f / 24.0f) * g[0] - (1.0f / 12.0f) * g[1] + (1.0f / 6.0f) * g[2];
+  out[5] = g[2];
+}
+
+// U[xi][c][o] = (G w[o, c] G^T)[xi] for input channels [c_begin, c_end), 16 output channels at
+// a time; channels beyond C / O are zero so the GEMMs can run on padded sizes.
+void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    for (int64_t o0 = 0; o0 < j.Opad; o0 += kLanes) {
+      vf g[3][3];
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) {
+          alignas(64) float lane[kLanes];
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const int64_t o = o0 + l;
+            lane[l] = (o < j.O && c < j.C) ? j.w[o * j.ws[0] + c * j.ws[1] + a * j.ws[2] +
+                                                 b * j.ws[3]]
+                                           : 0.0f;
+          }
+          g[a][b] = vload(lane);
+        }
+      vf gg[6][3];  // G g (rows xi, columns b)
+      for (int b = 0; b < 3; ++b) {
+        const vf col[3] = {g[0][b], g[1][b], g[2][b]};
+        vf out[6];
+        g3(col, out);
+        for (int x = 0; x < 6; ++x) gg[x][b] = out[x];
+      }
+      for (int x = 0; x < 6; ++x) {
+        vf out[6];
+        g3(gg[x], out);
+        for (int v = 0; v < 6; ++v)
+          vstore(j.U + ((x * 6 + v) * j.Cpad + c) * j.Opad + o0, out[v]);
+      }
+    }
+  }
+}
+
+// V[xi][t][c] = (B^T d B)[xi] for the tiles [t_begin, t_begin + count) of image n; rows beyond
+// `count` (up to the block size) are zero.
+void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
+                     float* V) {
+  const float* xn = j.x + n * j.xs[0];
+  const bool channels_contiguous = j.xs[1] == 1;
+  for (int64_t tb = 0; tb < j.block; ++tb) {
+    if (tb >= count) {
+      for (int64_t x = 0; x < 36; ++x)
+        std::memset(V + (x * j.block + tb) * j.Cpad, 0, sizeof(float) * j.Cpad);
+      continue;
+    }
+    const int64_t t = t_begin + tb;
+    const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
+    const float* rows[6];
+    int64_t cols[6];
+    for (int i = 0; i < 6; ++i) {
+      const int64_t r = j.row_src[r0 + i];
+      rows[i] = r < 0 ? nullptr : xn + r * j.xs[2];
+      const int64_t q = j.col_src[q0 + i];
+      cols[i] = q < 0 ? -1 : q * j.xs[3];
+    }
+    for (int64_t c0 = 0; c0 < j.Cpad; c0 += kLanes) {
+      const bool full = channels_contiguous && c0 + kLanes <= j.C;
+      vf d[6][6];
+      for (int i = 0; i < 6; ++i)
+        for (int k = 0; k < 6; ++k) {
+          if (rows[i] == nullptr || cols[k] < 0) {
+            d[i][k] = vf{};
+          } else if (full) {
+            d[i][k] = vload(rows[i] + cols[k] + c0);
+          } else {
+            alignas(64) float lane[kLanes];
+            const float* p = rows[i] + cols[k];
+            for (int64_t l = 0; l < kLanes; ++l)
+              lane[l] = c0 + l < j.C ? p[(c0 + l) * j.xs[1]] : 0.0f;
+            d[i][k] = vload(lane);
+          }
+        }
+      vf tmp[6][6];  // B^T d: tmp[xi][k]
+      for (int k = 0; k < 6; ++k) {
+        const vf col[6] = {d[0][k], d[1][k], d[2][k], d[3][k], d[4][k], d[5][k]};
+        vf out[6];
+        bt6(col, out);
+        for (int x = 0; x < 6; ++x) tmp[x][k] = out[x];
+      }
+      for (int x = 0; x < 6; ++x) {
+        vf out[6];
+        bt6(tmp[x], out);
+        for (int v = 0; v < 6; ++v) vstore(V + ((x * 6 + v) * j.block + tb) * j.Cpad + c0, out[v]);
+      }
+    }
+  }
+}
+
+// M[t][o] = sum_c V[t][c] U[c][o] for one transform-domain point: (block x Cpad) x (Cpad x Opad).
+template <int NV>
+inline void gemm_panel(const float* V, const float* U, float* M, int64_t rows, int64_t Cpad,
+                       int64_t Opad) {
+  for (int64_t t0 = 0; t0 < rows; t0 += kMR) {
+    vf acc[kMR][NV];
+    for (int r = 0; r < kMR; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+    const float* vrow = V + t0 * Cpad;
+    for (int64_t c = 0; c < Cpad; ++c) {
+      vf u[NV];
+      for (int v = 0; v < NV; ++v) u[v] = vload(U + c * Opad + v * kLanes);
+      for (int r = 0; r < kMR; ++r) {
+        const vf a = vsplat(vrow[r * Cpad + c]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += a * u[v];
+      }
+    }
+    for (int r = 0; r < kMR; ++r)
+      for (int v = 0; v < NV; ++v) vstore(M + (t0 + r) * Opad + v * kLanes, acc[r][v]);
+  }
+}
+
+void gemm(const WinogradJob& j, const float* V, float* M) {
+  for (int64_t x = 0; x < 36; ++x) {
+    const float* Vx = V + x * j.block * j.Cpad;
+    const float* Ux = j.U + x * j.Cpad * j.Opad;
+    float* Mx = M + x * j.block * j.Opad;
+    int64_t o0 = 0;
+    for (; o0 + kNV * kLanes <= j.Opad; o0 += kNV * kLanes)
+      gemm_panel<kNV>(Vx, Ux + o0, Mx + o0, j.block, j.Cpad, j.Opad);
+    for (; o0 < j.Opad; o0 += kLanes) gemm_panel<1>(Vx, Ux + o0, Mx + o0, j.block, j.Cpad, j.Opad);
+  }
+}
+
+// out[n, o, 4 ty + a, 4 tx + b] = (A^T M A)[a][b] + bias[o], for the pixels inside the output.
+void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
+                      const float* M) {
+  float* yn = j.y + n * j.ys[0];
+  const bool channels_contiguous = j.ys[1] == 1;
+  for (int64_t tb = 0; tb < count; ++tb) {
+    const int64_t t = t_begin + tb;
+    const int64_t y0 = (t / j.tiles_w) * 4, x0 = (t % j.tiles_w) * 4;
+    const int64_t rows = std::min<int64_t>(4, j.HO - y0), cols = std::min<int64_t>(4, j.WO - x0);
+    for (int64_t o0 = 0; o0 < j.Opad; o0 += kLanes) {
+      vf tmp[4][6];  // A^T m: tmp[a][v]
+      for (int v = 0; v < 6; ++v) {
+        vf col[6];
+        for (int x = 0; x < 6; ++x) col[x] = vload(M + ((x * 6 + v) * j.block + tb) * j.Opad + o0);
+        vf out[4];
+        at6(col, out);
+        for (int a = 0; a < 4; ++a) tmp[a][v] = out[a];
+      }
+      const vf bias = j.bias == nullptr ? vf{} : vload(j.bias + o0);
+      const bool full = channels_contiguous && o0 + kLanes <= j.O;
+      for (int a = 0; a < rows; ++a) {
+        vf out[4];
+        at6(tmp[a], out);
+        float* prow = yn + (y0 + a) * j.ys[2];
+        for (int b = 0; b < cols; ++b) {
+          const vf value = out[b] + bias;
+          float* p = prow + (x0 + b) * j.ys[3];
+          if (full) {
+            vstore(p + o0, value);
+          } else {
+            alignas(64) float lane[kLanes];
+            vstore(lane, value);
+            for (int64_t l = 0; l < kLanes && o0 + l < j.O; ++l) p[(o0 + l) * j.ys[1]] = lane[l];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Blocks [begin, end) of the (image, block of tiles) enumeration, with this thread's buffers.
+void run_blocks(const WinogradJob& j, int64_t begin, int64_t end) {
+  std::vector<float> V(static_cast<size_t>(36 * j.block * j.Cpad));
+  std::vector<float> M(static_cast<size_t>(36 * j.block * j.Opad));
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t n = b / j.blocks, t_begin = (b % j.blocks) * j.block;
+    const int64_t count = std::min(j.block, j.tiles - t_begin);
+    input_transform(j, n, t_begin, count, V.data());
+    gemm(j, V.data(), M.data());
+    output_transform(j, n, t_begin, count, M.data());
+  }
+}
+
+constexpr int kTileRows = kMR;
+const KernelTable kernel_table = {&weight_transform, &run_blocks, kTileRows};
