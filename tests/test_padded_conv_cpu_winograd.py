@@ -7,6 +7,8 @@ only takes it for wide channels_last layers); each case asserts the algorithm it
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,11 +30,11 @@ def _op():
     return torch.ops.stylize_fast
 
 
-def _weights(o, c, bias=True, seed=3):
+def _weights(o, c, bias=True, seed=3, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(o, c, 3, 3, generator=g, dtype=torch.float64) * (9 * c) ** -0.5
     b = torch.randn(o, generator=g, dtype=torch.float64) if bias else None
-    return w.float(), (b.float() if bias else None)
+    return w.to(dtype), (b.to(dtype) if bias else None)
 
 
 def _expected(x, w, b, padding, mode):
@@ -43,9 +45,13 @@ def _expected(x, w, b, padding, mode):
 
 def _check(y, expected):
     # F(4x4, 3x3) loses a few bits in float32 (transform constants up to 8 and 1/24): errors
-    # are bounded relative to the output's scale rather than element-wise.
+    # are bounded relative to the output's scale rather than element-wise. bfloat16 tensors are
+    # computed in float32 and rounded once: half a bfloat16 ulp (2^-9 relative) on top.
     scale = expected.abs().max().item()
-    assert_close(y, expected, atol=3e-5 * scale, rtol=1e-4)
+    if y.dtype == torch.bfloat16:
+        assert_close(y, expected, atol=3e-5 * scale, rtol=2.0**-8)
+    else:
+        assert_close(y, expected, atol=3e-5 * scale, rtol=1e-4)
 
 
 def _algorithm(x, w, stride, padding, mode):
@@ -57,6 +63,7 @@ def winograd(monkeypatch):
     monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "winograd")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("shape,out_channels,padding", [
@@ -69,11 +76,11 @@ def winograd(monkeypatch):
     pytest.param((1, 16, 10, 9), 16, (0, 0), id="no-pad"),
     pytest.param((1, 24, 2, 1), 16, (1, 1), id="tiny-plane"),
 ])
-def test_forward_matches_reference(winograd, mode, layout, shape, out_channels, padding):
+def test_forward_matches_reference(winograd, mode, layout, shape, out_channels, padding, dtype):
     if mode == "reflect" and (padding[0] >= shape[2] or padding[1] >= shape[3]):
         pytest.skip("reflect needs pad < size")
-    x = make_input(shape, layout=layout)
-    w, b = _weights(out_channels, shape[1])
+    x = make_input(shape, dtype, layout=layout)
+    w, b = _weights(out_channels, shape[1], dtype=dtype)
     assert _algorithm(x, w, (1, 1), padding, mode) == "winograd"
     with poisoned_outputs():
         y = _op().padded_conv2d_fwd(x, w, b, [1, 1], list(padding), MODES[mode])
@@ -101,9 +108,10 @@ def test_each_instruction_set(winograd, monkeypatch, level):
     if LEVELS.index(level) > LEVELS.index(best):
         pytest.skip(f"this CPU does not run {level}")
     monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
-    for layout in ("contiguous", "channels_last"):
-        x = make_input((1, 35, 13, 10), layout=layout)
-        w, b = _weights(33, 35)
+    for layout, dtype in itertools.product(("contiguous", "channels_last"),
+                                           (torch.float32, torch.bfloat16)):
+        x = make_input((1, 35, 13, 10), dtype, layout=layout)
+        w, b = _weights(33, 35, dtype=dtype)
         y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 2)
         _check(y, _expected(x, w, b, (1, 1), "replicate"))
 
@@ -159,7 +167,11 @@ def test_torch_compile_runs_the_same_kernel():
     pytest.param(dict(layout="contiguous", c=128, o=128), "winograd", id="wide-nchw"),
     pytest.param(dict(c=8), "library", id="few-input-channels"),
     pytest.param(dict(dtype=torch.float64), "library", id="float64"),
-    pytest.param(dict(dtype=torch.bfloat16), "library", id="bfloat16"),
+    pytest.param(dict(dtype=torch.bfloat16), "library", id="bfloat16-narrow"),
+    pytest.param(dict(dtype=torch.bfloat16, c=128, o=128), "winograd", id="bfloat16-wide"),
+    pytest.param(dict(dtype=torch.bfloat16, c=128, o=128, layout="contiguous"), "library",
+                 id="bfloat16-wide-nchw"),
+    pytest.param(dict(dtype=torch.float16, c=128, o=128), "library", id="float16"),
     pytest.param(dict(stride=(2, 2)), "library", id="stride-2"),
     pytest.param(dict(k=5), "library", id="5x5"),
 ])
@@ -208,11 +220,13 @@ def test_library_algorithm_can_be_forced(monkeypatch):
     pytest.param((1, 17, 3, 3), 18, (2, 2), id="pad=size-1"),
 ])
 @pytest.mark.parametrize("needs", ["all", "input-only"])
-def test_backward_matches_reference(winograd, mode, layout, shape, out_channels, padding, needs):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward_matches_reference(winograd, mode, layout, shape, out_channels, padding, needs,
+                                    dtype):
     if mode == "reflect" and (padding[0] >= shape[2] or padding[1] >= shape[3]):
         pytest.skip("reflect needs pad < size")
-    x = make_input(shape, layout=layout, requires_grad=True)
-    w, b = _weights(out_channels, shape[1])
+    x = make_input(shape, dtype, layout=layout, requires_grad=True)
+    w, b = _weights(out_channels, shape[1], dtype=dtype)
     w.requires_grad_(needs == "all")
     b.requires_grad_(needs == "all")
     assert padded_conv_ops.cpu_algorithm(x, w, (1, 1), padding, MODES[mode],
@@ -220,15 +234,18 @@ def test_backward_matches_reference(winograd, mode, layout, shape, out_channels,
     y = _op().padded_conv2d_fwd(x, w, b, [1, 1], list(padding), MODES[mode])
     x64, w64, b64 = (t.detach().double().requires_grad_(t.requires_grad) for t in (x, w, b))
     expected = _expected(x64, w64, b64, padding, mode)
-    gy = torch.randn(expected.shape, dtype=torch.float64)
+    gy = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
     inputs = [t for t in (x, w, b) if t.requires_grad]
     with poisoned_outputs():
-        grads = torch.autograd.grad(y, inputs, gy.float())
+        grads = torch.autograd.grad(y, inputs, gy)
     expected_grads = torch.autograd.grad(expected, [t for t in (x64, w64, b64) if t.requires_grad],
-                                         gy)
+                                         gy.double())
+    # bfloat16: the weight gradient comes from the library's bfloat16 convolution (a sum of
+    # bfloat16 products over every pixel), hence the looser bound.
+    atol, rtol = (3e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2.0**-7)
     for g, e in zip(grads, expected_grads):
         assert_all_written(g)
-        assert_close(g, e, atol=3e-5 * e.abs().max().item(), rtol=1e-4)
+        assert_close(g, e, atol=atol * e.abs().max().item(), rtol=rtol)
     assert grads[0].is_contiguous(memory_format=output_memory_format(x))
 
 

@@ -21,7 +21,7 @@
 //
 // Two layers are better served by kernels of our own, chosen per call by algorithm_for():
 // few output channels (padded_conv_cpu_direct.cpp: the library runs Johnson's last 9x9 32->3
-// layer at a fifth of its usual rate) and 3x3 stride-1 float32 layers (Winograd F(4x4, 3x3),
+// layer at a fifth of its usual rate) and 3x3 stride-1 layers (Winograd F(4x4, 3x3),
 // padded_conv_cpu_winograd.cpp: 4x fewer multiplications). STYLIZE_FAST_CONV_ALGO = auto |
 // library | direct | winograd forces one (read on every call; tests use it);
 // padded_conv2d_cpu_algorithm() says which one a call would run.
@@ -271,7 +271,7 @@ Algorithm algorithm_for(const Geometry& g, at::ScalarType dtype) {
   const std::string forced = env == nullptr ? "" : env;
   if (forced.empty() || forced == "auto") {
     if (direct_applies(g, dtype)) return Algorithm::kDirect;
-    if (winograd_applies(g, dtype) && winograd_pays(g)) return Algorithm::kWinograd;
+    if (winograd_applies(g, dtype) && winograd_pays(g, dtype)) return Algorithm::kWinograd;
     return Algorithm::kLibrary;
   }
   if (forced == "library") return Algorithm::kLibrary;
@@ -308,7 +308,7 @@ Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   const std::string forced = env == nullptr ? "" : env;
   if (forced == "winograd") return Algorithm::kWinograd;
   if (!forced.empty() && forced != "auto") return Algorithm::kLibrary;
-  return winograd_pays(d) ? Algorithm::kWinograd : Algorithm::kLibrary;
+  return winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
 }
 
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,

@@ -50,9 +50,10 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
                 const Geometry& g, int64_t mode, at::Tensor& out);
 
 // Winograd F(4x4, 3x3) (padded_conv_cpu_winograd.cpp), same contract; winograd_applies says
-// whether it can run (3x3, stride 1, float32), winograd_pays whether it beats the library.
+// whether it can run (3x3, stride 1, float32 / bfloat16), winograd_pays whether it beats the
+// library.
 bool winograd_applies(const Geometry& g, at::ScalarType dtype);
-bool winograd_pays(const Geometry& g);
+bool winograd_pays(const Geometry& g, at::ScalarType dtype);
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, at::Tensor& out);
 

@@ -18,16 +18,19 @@
 // outputs directly. The weight transform U (36 x C x O) is computed once per call.
 //
 // Accuracy: F(4x4, 3x3) in float32 loses a few bits against direct summation (its transform
-// constants reach 8 and 1/24); errors stay around 1e-6 relative to the output's scale, checked
-// against float64 in tests/test_padded_conv_cpu_winograd.py. Reduced precisions are not routed
-// here (their rounding would be amplified); float64 uses the library.
+// constants reach 8 and 1/24); errors stay around 1e-5 relative to the output's scale, checked
+// against float64 in tests/test_padded_conv_cpu_winograd.py. bfloat16 tensors are read into and
+// computed in float32 (the transform-domain products never round to bfloat16, which would
+// amplify the error), and rounded once on output. float64 and float16 use the library.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_isa.h"
@@ -42,24 +45,28 @@ namespace padded_conv_cpu {
 namespace {
 
 struct WinogradJob {
-  const float* x;       // input (N, C, H, W) with strides xs
+  const void* x;        // input (N, C, H, W) with strides xs, float32 or bfloat16
   int64_t xs[4];
-  const float* w;       // weight (O, C, 3, 3) with strides ws
+  const void* w;        // weight (O, C, 3, 3) with strides ws, the input's dtype
   int64_t ws[4];
-  float* y;             // output (N, O, HO, WO) with strides ys
+  void* y;              // output (N, O, HO, WO) with strides ys, the input's dtype
   int64_t ys[4];
   float* U;             // transformed weights [36][Cpad][Opad]
   const float* bias;    // Opad floats or nullptr
   int64_t C, O, HO, WO, Cpad, Opad;
   int64_t tiles_w, tiles;   // tiles per row, per image
   int64_t block, blocks;    // tiles per block (a multiple of the kernel's row step), per image
+  bool pack;                // channels not contiguous: blocks are tile-row segments, packed
+  int64_t segments;         // with pack: blocks per tile row
   const int64_t* row_src;   // padded row -> source row, -1 for a zero row
   const int64_t* col_src;   // padded column -> source column, -1 for a zero column
 };
 
 struct KernelTable {
-  void (*weight_transform)(const WinogradJob&, int64_t, int64_t);
+  void (*weight_transform)(const WinogradJob&, int64_t, int64_t);  // float32 tensors
   void (*run_blocks)(const WinogradJob&, int64_t, int64_t);
+  void (*weight_transform_bf16)(const WinogradJob&, int64_t, int64_t);  // bfloat16 tensors
+  void (*run_blocks_bf16)(const WinogradJob&, int64_t, int64_t);
   int row_step;
 };
 
@@ -114,10 +121,15 @@ int64_t block_size(int64_t Cpad, int64_t Opad, int64_t tiles, int row_step) {
 }  // namespace
 
 bool winograd_applies(const Geometry& g, at::ScalarType dtype) {
-  return dtype == at::kFloat && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1;
+  return (dtype == at::kFloat || dtype == at::kBFloat16) && g.kh == 3 && g.kw == 3 &&
+         g.sh == 1 && g.sw == 1;
 }
 
-bool winograd_pays(const Geometry& g) {
+bool winograd_pays(const Geometry& g, at::ScalarType dtype) {
+  // bfloat16 tensors run float32 arithmetic here, against the library's bfloat16 convolution
+  // at twice the float32 rate: only the widest channels_last layers gain (measured:
+  // 1x128x128x128 -> 128 0.75x, 64 -> 32 channels at 512^2 1.3x).
+  if (dtype == at::kBFloat16) return g.channels_last && g.c >= 128 && g.o >= 64;
   // The transforms cost O(C + O) per tile, the GEMMs save O(C * O): with few channels the
   // library wins. channels_last feeds the transforms whole channel vectors; other layouts are
   // gathered element-wise, which only the widest layers repay (measured: 1x128x128x128 ->128
@@ -128,18 +140,20 @@ bool winograd_pays(const Geometry& g) {
 
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, at::Tensor& out) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
-                  out.scalar_type() == at::kFloat,
-              "winograd_fwd: float32 tensors expected");
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
+                  out.scalar_type() == dtype,
+              "winograd_fwd: float32 or bfloat16 tensors of one dtype expected");
+  const bool bf16 = dtype == at::kBFloat16;
   const KernelTable& k = kernels();
-  // The transforms run along channels; other layouts are gathered / scattered element-wise
-  // (a channels_last copy each way measured slower still).
+  // The transforms run along channels; other layouts are packed channels-last a few rows at a
+  // time (pack_rows) and their outputs scattered element-wise.
   const at::Tensor& x = input;
   at::Tensor& y = out;
   WinogradJob j{};
-  j.x = x.const_data_ptr<float>();
-  j.w = weight.const_data_ptr<float>();
-  j.y = y.data_ptr<float>();
+  j.x = x.const_data_ptr();
+  j.w = weight.const_data_ptr();
+  j.y = y.data_ptr();
   for (int d = 0; d < 4; ++d) {
     j.xs[d] = x.stride(d);
     j.ws[d] = weight.stride(d);
@@ -154,8 +168,10 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
   const int64_t tiles_h = (g.ho + 3) / 4;
   j.tiles_w = (g.wo + 3) / 4;
   j.tiles = tiles_h * j.tiles_w;
-  j.block = block_size(j.Cpad, j.Opad, j.tiles, k.row_step);
-  j.blocks = (j.tiles + j.block - 1) / j.block;
+  j.pack = x.stride(1) != 1;
+  j.block = block_size(j.Cpad, j.Opad, j.pack ? j.tiles_w : j.tiles, k.row_step);
+  j.segments = (j.tiles_w + j.block - 1) / j.block;
+  j.blocks = j.pack ? tiles_h * j.segments : (j.tiles + j.block - 1) / j.block;
 
   // Padded rows / columns the tiles read; those past the padded input only feed outputs past
   // the edge, which are never stored.
@@ -176,8 +192,10 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
   }
   std::vector<float> U(static_cast<size_t>(36 * j.Cpad * j.Opad));
   j.U = U.data();
-  at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { k.weight_transform(j, b, e); });
-  at::parallel_for(0, g.n * j.blocks, 1, [&](int64_t b, int64_t e) { k.run_blocks(j, b, e); });
+  const auto weights = bf16 ? k.weight_transform_bf16 : k.weight_transform;
+  const auto blocks = bf16 ? k.run_blocks_bf16 : k.run_blocks;
+  at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { weights(j, b, e); });
+  at::parallel_for(0, g.n * j.blocks, 1, [&](int64_t b, int64_t e) { blocks(j, b, e); });
 }
 
 }  // namespace padded_conv_cpu

@@ -24,8 +24,48 @@ inline vf vload(const float* p) {
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
+inline void vstore(float* p, const vf& v) { __builtin_memcpy(p, &v, sizeof(v)); }
 inline vf vsplat(float s) { return vf{} + s; }
+
+// Tensors are float32 or bfloat16; all arithmetic is float32. bfloat16 -> float32 is exact (a
+// 16-bit shift); float32 -> bfloat16 rounds to nearest even, NaN kept a quiet NaN (as c10 does).
+typedef uint16_t vh __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+
+template <typename T>
+inline vf load16(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return vload(p);
+  } else {
+    vh h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    const vu u = __builtin_convertvector(h, vu) << 16;
+    vf f;
+    __builtin_memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+}
+
+template <typename T>
+inline void store16(T* p, const vf& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    vstore(p, v);
+  } else {
+    vu u;
+    __builtin_memcpy(&u, &v, sizeof(u));
+    vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const vu nan = reinterpret_cast<vu>(static_cast<vi>(v != v));
+    rounded = (rounded & ~nan) | ((vu{} + 0x7FC0u) & nan);
+    const vh h = __builtin_convertvector(rounded, vh);
+    __builtin_memcpy(p, &h, sizeof(h));
+  }
+}
+
+template <typename T>
+inline float to_float(T v) {
+  return static_cast<float>(v);
+}
 
 // out = B^T d for one 6-vector (rows of B^T: interpolation points 0, +-1, +-2, infinity).
 inline void bt6(const vf d[6], vf out[6]) {
@@ -58,7 +98,9 @@ inline void g3(const vf g[3], vf out[6]) {
 
 // U[xi][c][o] = (G w[o, c] G^T)[xi] for input channels [c_begin, c_end), 16 output channels at
 // a time; channels beyond C / O are zero so the GEMMs can run on padded sizes.
+template <typename T>
 void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
+  const T* w = static_cast<const T*>(j.w);
   for (int64_t c = c_begin; c < c_end; ++c) {
     for (int64_t o0 = 0; o0 < j.Opad; o0 += kLanes) {
       vf g[3][3];
@@ -67,9 +109,9 @@ void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
           alignas(64) float lane[kLanes];
           for (int64_t l = 0; l < kLanes; ++l) {
             const int64_t o = o0 + l;
-            lane[l] = (o < j.O && c < j.C) ? j.w[o * j.ws[0] + c * j.ws[1] + a * j.ws[2] +
-                                                 b * j.ws[3]]
-                                           : 0.0f;
+            lane[l] = (o < j.O && c < j.C)
+                          ? to_float(w[o * j.ws[0] + c * j.ws[1] + a * j.ws[2] + b * j.ws[3]])
+                          : 0.0f;
           }
           g[a][b] = vload(lane);
         }
@@ -90,12 +132,48 @@ void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
   }
 }
 
+// Channels not contiguous (NCHW): the 6 padded input rows of a block's tiles (one tile row,
+// columns [q0, q0 + ncols)) packed channels-last into P[i][k][c], c < Cpad (zeros past C), so
+// the transform reads whole channel vectors. Read along rows, written with stride Cpad inside a
+// buffer that stays in L2: one pass over the input instead of a gather per element.
+template <typename T>
+void pack_rows(const WinogradJob& j, int64_t n, int64_t r0, int64_t q0, int64_t ncols,
+               float* P) {
+  const T* xn = static_cast<const T*>(j.x) + n * j.xs[0];
+  for (int i = 0; i < 6; ++i) {
+    const int64_t r = j.row_src[r0 + i];
+    float* prow = P + i * ncols * j.Cpad;
+    for (int64_t c = 0; c < j.C; ++c) {
+      float* dst = prow + c;
+      if (r < 0) {
+        for (int64_t k = 0; k < ncols; ++k) dst[k * j.Cpad] = 0.0f;
+        continue;
+      }
+      const T* src = xn + c * j.xs[1] + r * j.xs[2];
+      for (int64_t k = 0; k < ncols; ++k) {
+        const int64_t q = j.col_src[q0 + k];
+        dst[k * j.Cpad] = q < 0 ? 0.0f : to_float(src[q * j.xs[3]]);
+      }
+    }
+    if (j.Cpad > j.C)
+      for (int64_t k = 0; k < ncols; ++k)
+        std::memset(prow + k * j.Cpad + j.C, 0, sizeof(float) * (j.Cpad - j.C));
+  }
+}
+
 // V[xi][t][c] = (B^T d B)[xi] for the tiles [t_begin, t_begin + count) of image n; rows beyond
-// `count` (up to the block size) are zero.
-void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
-                     float* V) {
-  const float* xn = j.x + n * j.xs[0];
+// `count` (up to the block size) are zero. With P (NCHW input), the tiles lie in one tile row
+// and d is read from the packed rows.
+template <typename T>
+void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count, float* V,
+                     float* P) {
+  const T* xn = static_cast<const T*>(j.x) + n * j.xs[0];
   const bool channels_contiguous = j.xs[1] == 1;
+  int64_t ncols = 0;
+  if (P != nullptr) {
+    ncols = count * 4 + 2;
+    pack_rows<T>(j, n, (t_begin / j.tiles_w) * 4, (t_begin % j.tiles_w) * 4, ncols, P);
+  }
   for (int64_t tb = 0; tb < j.block; ++tb) {
     if (tb >= count) {
       for (int64_t x = 0; x < 36; ++x)
@@ -104,9 +182,16 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
     }
     const int64_t t = t_begin + tb;
     const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
-    const float* rows[6];
+    const T* rows[6];
+    const float* packed[6];
     int64_t cols[6];
     for (int i = 0; i < 6; ++i) {
+      if (P != nullptr) {
+        packed[i] = P + (i * ncols + tb * 4) * j.Cpad;
+        rows[i] = xn;  // unused
+        cols[i] = i * j.Cpad;
+        continue;
+      }
       const int64_t r = j.row_src[r0 + i];
       rows[i] = r < 0 ? nullptr : xn + r * j.xs[2];
       const int64_t q = j.col_src[q0 + i];
@@ -117,15 +202,17 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
       vf d[6][6];
       for (int i = 0; i < 6; ++i)
         for (int k = 0; k < 6; ++k) {
-          if (rows[i] == nullptr || cols[k] < 0) {
+          if (P != nullptr) {
+            d[i][k] = vload(packed[i] + cols[k] + c0);
+          } else if (rows[i] == nullptr || cols[k] < 0) {
             d[i][k] = vf{};
           } else if (full) {
-            d[i][k] = vload(rows[i] + cols[k] + c0);
+            d[i][k] = load16(rows[i] + cols[k] + c0);
           } else {
             alignas(64) float lane[kLanes];
-            const float* p = rows[i] + cols[k];
+            const T* p = rows[i] + cols[k];
             for (int64_t l = 0; l < kLanes; ++l)
-              lane[l] = c0 + l < j.C ? p[(c0 + l) * j.xs[1]] : 0.0f;
+              lane[l] = c0 + l < j.C ? to_float(p[(c0 + l) * j.xs[1]]) : 0.0f;
             d[i][k] = vload(lane);
           }
         }
@@ -180,9 +267,10 @@ void gemm(const WinogradJob& j, const float* V, float* M) {
 }
 
 // out[n, o, 4 ty + a, 4 tx + b] = (A^T M A)[a][b] + bias[o], for the pixels inside the output.
+template <typename T>
 void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
                       const float* M) {
-  float* yn = j.y + n * j.ys[0];
+  T* yn = static_cast<T*>(j.y) + n * j.ys[0];
   const bool channels_contiguous = j.ys[1] == 1;
   for (int64_t tb = 0; tb < count; ++tb) {
     const int64_t t = t_begin + tb;
@@ -202,16 +290,17 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
       for (int a = 0; a < rows; ++a) {
         vf out[4];
         at6(tmp[a], out);
-        float* prow = yn + (y0 + a) * j.ys[2];
+        T* prow = yn + (y0 + a) * j.ys[2];
         for (int b = 0; b < cols; ++b) {
           const vf value = out[b] + bias;
-          float* p = prow + (x0 + b) * j.ys[3];
+          T* p = prow + (x0 + b) * j.ys[3];
           if (full) {
-            vstore(p + o0, value);
+            store16(p + o0, value);
           } else {
             alignas(64) float lane[kLanes];
             vstore(lane, value);
-            for (int64_t l = 0; l < kLanes && o0 + l < j.O; ++l) p[(o0 + l) * j.ys[1]] = lane[l];
+            for (int64_t l = 0; l < kLanes && o0 + l < j.O; ++l)
+              p[(o0 + l) * j.ys[1]] = static_cast<T>(lane[l]);
           }
         }
       }
@@ -220,17 +309,31 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
 }
 
 // Blocks [begin, end) of the (image, block of tiles) enumeration, with this thread's buffers.
+// Channels-last input: blocks run through the image's tiles in order (across tile rows). Other
+// layouts: blocks are segments of one tile row (what pack_rows packs).
+template <typename T>
 void run_blocks(const WinogradJob& j, int64_t begin, int64_t end) {
   std::vector<float> V(static_cast<size_t>(36 * j.block * j.Cpad));
   std::vector<float> M(static_cast<size_t>(36 * j.block * j.Opad));
+  std::vector<float> P(j.pack ? static_cast<size_t>(6 * (j.block * 4 + 2) * j.Cpad) : 0);
   for (int64_t b = begin; b < end; ++b) {
-    const int64_t n = b / j.blocks, t_begin = (b % j.blocks) * j.block;
-    const int64_t count = std::min(j.block, j.tiles - t_begin);
-    input_transform(j, n, t_begin, count, V.data());
+    const int64_t n = b / j.blocks, i = b % j.blocks;
+    int64_t t_begin, count;
+    if (j.pack) {
+      const int64_t row = i / j.segments, first = (i % j.segments) * j.block;
+      t_begin = row * j.tiles_w + first;
+      count = std::min(j.block, j.tiles_w - first);
+    } else {
+      t_begin = i * j.block;
+      count = std::min(j.block, j.tiles - t_begin);
+    }
+    input_transform<T>(j, n, t_begin, count, V.data(), j.pack ? P.data() : nullptr);
     gemm(j, V.data(), M.data());
-    output_transform(j, n, t_begin, count, M.data());
+    output_transform<T>(j, n, t_begin, count, M.data());
   }
 }
 
 constexpr int kTileRows = kMR;
-const KernelTable kernel_table = {&weight_transform, &run_blocks, kTileRows};
+const KernelTable kernel_table = {&weight_transform<float>, &run_blocks<float>,
+                                  &weight_transform<c10::BFloat16>, &run_blocks<c10::BFloat16>,
+                                  kTileRows};
