@@ -296,7 +296,7 @@ def test_cpu_kernel_is_chosen_automatically_only_where_it_runs_its_own_algorithm
     if not sf.backends.available()["cpu"]:
         pytest.skip("C++ extension not built")
     x = make_input((1, 2, 5, 5))
-    w, _ = _params((1, 2, 5, 5), 3)
+    w, _ = _params((1, 2, 5, 5), 3, out_channels=16)  # neither direct (few outputs) nor Winograd
     assert sf.backends.select("padded_conv2d", x, w, None, (1, 1), (1, 1), 1)[0] == "reference"
     with sf.backends.use("cpu"):
         assert sf.backends.select("padded_conv2d", x, w, None, (1, 1), (1, 1), 1)[0] == "cpu"
