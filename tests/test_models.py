@@ -121,6 +121,46 @@ def test_johnson_fused_matches_instance(variant, size, layout):
     assert_close(actual, expected, atol=2e-5 * max(scale, 1.0), rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_default_johnson_fused_computes_channels_last_with_its_cpu_algorithms(layout):
+    # The full-width net: on CPU the fused model computes in channels_last, where the residual
+    # convolutions run as Winograd and the last 9x9 32->3 conv as the direct kernel.
+    from stylize_fast.ops.padded_conv import cpu_algorithm
+
+    plain = perturbed(JohnsonNet("instance"))
+    fused = same_weights(plain, "fused")
+    x = make_input((1, 3, 36, 44), layout=layout, mean=120.0, std=60.0)
+    seen = {}
+    hooks = [fused.res1.register_forward_pre_hook(lambda m, a: seen.update(res=a[0])),
+             fused.deconv3.register_forward_pre_hook(lambda m, a: seen.update(last=a[0]))]
+    with torch.no_grad():
+        expected = plain(x.contiguous())
+        actual = fused(x)
+    for h in hooks:
+        h.remove()
+    assert seen["res"].is_contiguous(memory_format=torch.channels_last)
+    if sf.backends.available()["cpu"]:
+        conv = fused.res1.conv1.conv2d
+        assert cpu_algorithm(seen["res"], conv.weight, (1, 1), (1, 1), 1) == "winograd"
+        last = fused.deconv3.conv2d
+        assert cpu_algorithm(seen["last"], last.weight, (1, 1), (4, 4), 1) == "direct"
+    # the output keeps the caller's layout
+    assert actual.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                                else torch.contiguous_format)
+    scale = expected.abs().max().item()
+    assert_close(actual, expected, atol=1e-4 * max(scale, 1.0), rtol=1e-4)
+    nchw = same_weights(plain, "fused")
+    nchw.channels_last = False
+    with torch.no_grad():
+        assert_close(nchw(x), expected, atol=1e-4 * max(scale, 1.0), rtol=1e-4)
+
+
+def test_johnson_channels_last_option_is_checked():
+    with pytest.raises(ValueError, match="JohnsonNet: channels_last"):
+        JohnsonNet(channels_last="yes")
+    assert JohnsonNet("instance", channels_last=True).channels_last is True
+
+
 @pytest.mark.parametrize("size", [(37, 45), (70, 33)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("kwargs", [dict(), dict(activation="leaky_relu", negative_slope=0.2)])
