@@ -19,9 +19,10 @@
 // The four bands (top, bottom, and left / right between them) are disjoint and cover every
 // output pixel that touches the ring, so each contribution is counted exactly once.
 //
-// Two layers are better served by kernels of our own, chosen per call by algorithm_for():
-// few output channels (padded_conv_cpu_direct.cpp: the library runs Johnson's last 9x9 32->3
-// layer at a fifth of its usual rate) and 3x3 stride-1 layers (Winograd F(4x4, 3x3),
+// Most layers are better served by kernels of our own, chosen per call by algorithm_for():
+// a direct kernel (padded_conv_cpu_direct.cpp) for few output channels (the library runs
+// Johnson's last 9x9 32->3 layer at a fifth of its usual rate), few input channels with large
+// kernels and float32 stride-2 NCHW layers; and for 3x3 stride-1 layers Winograd F(4x4, 3x3)
 // padded_conv_cpu_winograd.cpp: 4x fewer multiplications). STYLIZE_FAST_CONV_ALGO = auto |
 // library | direct | winograd forces one (read on every call; tests use it);
 // padded_conv2d_cpu_algorithm() says which one a call would run.

@@ -1,8 +1,10 @@
 // Shared by the CPU padded-convolution files:
 //   padded_conv_cpu.cpp           the op (argument checks, algorithm choice, border fix-up path,
 //                                 backward) and its registration;
-//   padded_conv_cpu_direct.cpp    direct kernel for few output channels (e.g. Johnson's last
-//                                 9x9 32->3 layer, which the library runs at a fraction of peak);
+//   padded_conv_cpu_direct.cpp    direct kernel: few output channels (Johnson's last 9x9 32->3
+//                                 layer, which the library runs at a fifth of peak), few input
+//                                 channels with large kernels (the first 9x9 3->32 layer), and
+//                                 float32 stride-2 layers in NCHW;
 //   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers.
 // The two kernels read the input through the padding index map (source_index) while they pack
 // it, so no padded tensor exists at any point.
@@ -42,7 +44,8 @@ inline int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode) 
 // The forward algorithms; padded_conv2d_fwd_cpu picks one per call (algorithm_for).
 enum class Algorithm { kLibrary, kDirect, kWinograd };
 
-// Direct kernel (padded_conv_cpu_direct.cpp): whether it handles this geometry and dtype.
+// Direct kernel (padded_conv_cpu_direct.cpp): whether it handles this geometry and dtype and
+// beats the library there (measured rule, see the file).
 bool direct_applies(const Geometry& g, at::ScalarType dtype);
 // out: (N, O, HO, WO), preallocated in the input's suggested memory format; every element is
 // written. bias may be undefined.
