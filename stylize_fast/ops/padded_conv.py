@@ -232,8 +232,9 @@ def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, 
                   padding: tuple[int, int], padding_mode: int, *, input_grad: bool = False) -> str:
     """The algorithm the C++ CPU kernel runs for these (checked) arguments: ``"direct"`` (few
     output or input channels, float32 stride 2 in NCHW), ``"winograd"`` (3x3 stride 1, float32 /
-    bfloat16) or ``"library"`` (oneDNN with zero padding + border fix-up) -- for the forward, or with ``input_grad`` for the backward's input
-    gradient (direct never runs there). ``STYLIZE_FAST_CONV_ALGO`` forces one."""
+    bfloat16) or ``"library"`` (oneDNN with zero padding + border fix-up) -- for the forward, or
+    with ``input_grad`` for the backward's input gradient (direct never runs there).
+    ``STYLIZE_FAST_CONV_ALGO`` forces one."""
     return _cpu_algorithm(tuple(int(s) for s in input.shape), tuple(int(s) for s in weight.shape),
                           input.dtype, output_memory_format(input) == torch.channels_last,
                           tuple(stride), tuple(padding), int(padding_mode), bool(input_grad),
