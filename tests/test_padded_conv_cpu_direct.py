@@ -544,3 +544,41 @@ def test_public_function_generator_layers(case, layout, monkeypatch):
     expected = F.conv2d(F.pad(x.double(), (p, p, p, p), mode="reflect"), w.double(), b.double(),
                         stride=s)
     assert_close(y, expected, **tolerance(torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward: the input gradient of a stride-1 layer is a convolution of grad_output with the
+# flipped, transposed weight; where that convolution suits the direct kernel it runs there.
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "zeros"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels,out_channels,k", [(32, 3, 9), (3, 32, 9), (5, 2, 3)])
+def test_backward_input_gradient_runs_direct(monkeypatch, mode, layout, dtype, channels,
+                                             out_channels, k):
+    from stylize_fast.ops import padded_conv
+
+    if dtype == torch.bfloat16 and out_channels == 3 and channels == 32:
+        pytest.skip("the input gradient is a bfloat16 3 -> 32 conv: the library's (direct rule)")
+    pad = k // 2
+    x = make_input((2, channels, 13, 11), dtype, layout, requires_grad=True)
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(out_channels, channels, k, k, generator=g, dtype=torch.float64)
+         * (channels * k * k) ** -0.5).to(dtype).requires_grad_(True)
+    b = torch.randn(out_channels, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")  # the forward: automatic choice
+    y = ops.padded_conv2d_fwd(x, w, b, [1, 1], [pad, pad], MODES[mode])
+    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "direct")  # read when the backward runs
+    assert padded_conv.cpu_algorithm(x, w, (1, 1), (pad, pad), MODES[mode],
+                                     input_grad=True) == "direct"
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    expected = _reference(x64, w64, b64, [pad, pad], mode)
+    gy = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
+    with poisoned_outputs():
+        grads = torch.autograd.grad(y, (x, w, b), gy)
+    expected_grads = torch.autograd.grad(expected, (x64, w64, b64), gy.double())
+    atol, rtol = (1e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2.0**-7)
+    for name, got, want in zip(("input", "weight", "bias"), grads, expected_grads):
+        assert_all_written(got, name=f"grad_{name}")
+        assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol, name=f"grad_{name}")

@@ -299,17 +299,21 @@ Geometry input_grad_geometry(const Geometry& g) {
           g.h, g.w, g.channels_last};
 }
 
-// Algorithm for the backward's input gradient: Winograd where it applies and pays (or is forced
-// and applies), else the library. Never an error: the backward has no other algorithm to force.
+// Algorithm for the backward's input gradient: the direct kernel or Winograd where one applies
+// and pays (or is forced and applies), else the library. Never an error: the backward has no
+// other algorithm to force.
 Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   if (g.sh != 1 || g.sw != 1 || g.ph > g.kh - 1 || g.pw > g.kw - 1) return Algorithm::kLibrary;
   const Geometry d = input_grad_geometry(g);
-  if (!winograd_applies(d, dtype)) return Algorithm::kLibrary;
   const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
   const std::string forced = env == nullptr ? "" : env;
-  if (forced == "winograd") return Algorithm::kWinograd;
+  const bool direct = direct_applies(d, dtype);
+  const bool winograd = winograd_applies(d, dtype);
+  if (forced == "direct") return direct ? Algorithm::kDirect : Algorithm::kLibrary;
+  if (forced == "winograd") return winograd ? Algorithm::kWinograd : Algorithm::kLibrary;
   if (!forced.empty() && forced != "auto") return Algorithm::kLibrary;
-  return winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
+  if (direct) return Algorithm::kDirect;
+  return winograd && winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
 }
 
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -359,16 +363,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   const std::array<int64_t, 1> bias_sizes = {g.o};
   auto none = at::empty({0}, input.options());
   at::Tensor grad_input, grad_weight, grad_bias;
-  const bool winograd_input_grad =
-      output_mask[0] && gy.numel() > 0 &&
-      input_grad_algorithm_for(g, input.scalar_type()) == Algorithm::kWinograd;
+  const Algorithm input_grad_algorithm =
+      output_mask[0] && gy.numel() > 0 ? input_grad_algorithm_for(g, input.scalar_type())
+                                       : Algorithm::kLibrary;
   std::array<bool, 3> library_mask = output_mask;
-  if (winograd_input_grad) {
+  if (input_grad_algorithm != Algorithm::kLibrary) {
     library_mask[0] = false;
     const Geometry d = input_grad_geometry(g);
     const auto flipped = weight.transpose(0, 1).flip({2, 3});  // (C, O, KH, KW)
     grad_input = at::empty({g.n, g.c, g.h, g.w}, input.options().memory_format(fmt));
-    winograd_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
+    if (input_grad_algorithm == Algorithm::kWinograd)
+      winograd_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
+    else
+      direct_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
   }
   if (library_mask[0] || library_mask[1] || library_mask[2]) {
     at::Tensor library_grad_input;
