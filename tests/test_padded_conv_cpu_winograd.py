@@ -259,3 +259,22 @@ def test_backward_input_gradient_algorithm(monkeypatch):
     assert padded_conv_ops.cpu_algorithm(x, w, (2, 2), (1, 1), 1, input_grad=True) == "library"
     monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "library")
     assert padded_conv_ops.cpu_algorithm(x, w, (1, 1), (1, 1), 1, input_grad=True) == "library"
+
+
+@pytest.mark.parametrize("value", ["0", "-6", "12x", "many"])
+def test_bad_block_size_is_a_clear_error(winograd, monkeypatch, value):
+    monkeypatch.setenv("STYLIZE_FAST_WINOGRAD_BLOCK", value)
+    x = make_input((1, 16, 8, 8), layout="channels_last")
+    w, b = _weights(16, 16)
+    with pytest.raises(RuntimeError, match="STYLIZE_FAST_WINOGRAD_BLOCK must be a positive integer"):
+        _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 1)
+
+
+def test_bad_algorithm_name_in_the_backward_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO", raising=False)
+    x = make_input((1, 32, 8, 8), layout="channels_last", requires_grad=True)
+    w, b = _weights(32, 32)
+    y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 1)
+    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "fastest")
+    with pytest.raises(RuntimeError, match="STYLIZE_FAST_CONV_ALGO must be one of"):
+        y.sum().backward()

@@ -265,17 +265,26 @@ const char* algorithm_name(Algorithm a) {
   return a == Algorithm::kDirect ? "direct" : a == Algorithm::kWinograd ? "winograd" : "library";
 }
 
+// STYLIZE_FAST_CONV_ALGO, checked: "" (unset or auto), "library", "direct" or "winograd".
+std::string forced_algorithm() {
+  const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
+  std::string forced = env == nullptr ? "" : env;
+  if (forced == "auto") forced.clear();
+  TORCH_CHECK(forced.empty() || forced == "library" || forced == "direct" || forced == "winograd",
+              "environment variable STYLIZE_FAST_CONV_ALGO must be one of auto, library, "
+              "direct, winograd (or unset), got '", forced, "'");
+  return forced;
+}
+
 // The forward algorithm for this call: STYLIZE_FAST_CONV_ALGO when set, else the fastest that
 // applies (direct for few output channels, Winograd for 3x3 stride 1, else the library).
 Algorithm algorithm_for(const Geometry& g, at::ScalarType dtype) {
-  const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
-  const std::string forced = env == nullptr ? "" : env;
-  if (forced.empty() || forced == "auto") {
+  const std::string forced = forced_algorithm();
+  if (forced.empty()) {
     if (direct_applies(g, dtype)) return Algorithm::kDirect;
     if (winograd_applies(g, dtype) && winograd_pays(g, dtype)) return Algorithm::kWinograd;
     return Algorithm::kLibrary;
   }
-  if (forced == "library") return Algorithm::kLibrary;
   if (forced == "direct") {
     TORCH_CHECK(direct_applies(g, dtype), "padded_conv2d_fwd: STYLIZE_FAST_CONV_ALGO=direct but "
                 "the direct kernel does not handle this layer (", g.o, " output channels, kernel ",
@@ -288,8 +297,7 @@ Algorithm algorithm_for(const Geometry& g, at::ScalarType dtype) {
                 ", stride ", g.sh, "x", g.sw, ", dtype ", dtype, ")");
     return Algorithm::kWinograd;
   }
-  TORCH_CHECK(false, "environment variable STYLIZE_FAST_CONV_ALGO must be one of auto, library, "
-              "direct, winograd (or unset), got '", forced, "'");
+  return Algorithm::kLibrary;
 }
 
 // The input gradient's zero-padded part, Z^T G, is itself a stride-1 convolution of grad_output
@@ -305,13 +313,12 @@ Geometry input_grad_geometry(const Geometry& g) {
 Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   if (g.sh != 1 || g.sw != 1 || g.ph > g.kh - 1 || g.pw > g.kw - 1) return Algorithm::kLibrary;
   const Geometry d = input_grad_geometry(g);
-  const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
-  const std::string forced = env == nullptr ? "" : env;
+  const std::string forced = forced_algorithm();
   const bool direct = direct_applies(d, dtype);
   const bool winograd = winograd_applies(d, dtype);
   if (forced == "direct") return direct ? Algorithm::kDirect : Algorithm::kLibrary;
   if (forced == "winograd") return winograd ? Algorithm::kWinograd : Algorithm::kLibrary;
-  if (!forced.empty() && forced != "auto") return Algorithm::kLibrary;
+  if (forced == "library") return Algorithm::kLibrary;
   if (direct) return Algorithm::kDirect;
   return winograd && winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
 }
