@@ -133,6 +133,8 @@ class JohnsonNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` RGB 0-255 -> stylised ``(N, C_out, H, W)`` (for H, W multiples of 4),
         in the input's memory format."""
+        # Not ops.common.output_memory_format: under the ONNX exporter's tracing its stride
+        # arithmetic yields tensors, not a bool.
         out_format = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
             memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
         if self._computes_channels_last(x):

@@ -220,12 +220,11 @@ def _cpu_algorithm_cached(*key) -> str:
 
 
 # Asked with plain sizes, and treated as a constant by torch.compile: the answer depends only on
-# shapes, dtype, layout and the environment, never on tensor values.
+# shapes, dtype, layout and the environment, never on tensor values. (A separate function from
+# the cache: dynamo traces through an lru_cache wrapper and ignores the constant mark on it.)
 @torch.compiler.assume_constant_result
-def _cpu_algorithm(input_size, weight_size, dtype, channels_last, stride, padding, mode,
-                   input_grad, env) -> str:
-    return _cpu_algorithm_cached(input_size, weight_size, dtype, channels_last, stride, padding,
-                                 mode, input_grad, env)
+def _cpu_algorithm(*key) -> str:
+    return _cpu_algorithm_cached(*key)
 
 
 def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
