@@ -16,9 +16,10 @@ in two modes: ``forward`` (under no_grad) and ``backward`` (the backward pass al
 weight and bias gradients, with a fixed random upstream gradient; the forward runs untimed).
 It prints medians and ratios to pad_conv and appends CSV rows (op, provider, shape, dtype, layout,
 mode, median_ms, p20_ms, p80_ms, ratio, peak_mb, out_channels, kernel, stride, algorithm, torch,
-threads, timestamp). ``algorithm`` is the forward algorithm our CPU kernel ran for the layer
-(winograd, direct, or library = oneDNN with zero padding + border fix-up; the backward always
-uses the library).
+threads, timestamp). ``algorithm`` is what our CPU kernel ran for the layer: forward rows name
+the forward algorithm (winograd, direct, or library = oneDNN with zero padding + border fix-up),
+backward rows ``input:<algorithm>/weight:<algorithm>`` for the two gradients (the weight
+gradient: direct = padded_conv_cpu_wgrad.cpp, library = oneDNN + border corrections).
 
 Peak memory (``peak_mb``) is measured with the profiler's allocation tracking: every allocation
 and free made through PyTorch's CPU allocator during one call (profile_memory=True; events taken
@@ -122,7 +123,12 @@ def make_layer(shape, out_channels, k, stride, layout):
         xg.grad = None
         conv.zero_grad(set_to_none=True)
 
-    algorithm = padded_conv_ops.cpu_algorithm(x, w, (stride, stride), (p, p), 1)
+    def algorithm_of(**part):
+        return padded_conv_ops.cpu_algorithm(x, w, (stride, stride), (p, p), 1, **part)
+
+    algorithm = {"forward": algorithm_of(),
+                 "backward": f"input:{algorithm_of(input_grad=True)}/"
+                             f"weight:{algorithm_of(weight_grad=True)}"}
     fns = {}
     for name, f in forwards.items():
         def fwd(f=f):
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {repeats} interleaved rounds, ms [ratio to pad_conv]; peak MB = "
           "allocator high-water mark during the call (forward: no-grad forward; backward: "
           "forward + backward)")
-    header = (f"{'layer (forward algorithm)':>33} {'layout':>13} {'mode':>8} | " +
+    header = (f"{'layer (algorithm)':>38} {'layout':>13} {'mode':>8} | " +
               " ".join(f"{p:>16}" for p in PROVIDERS) + " | peak MB " +
               "/".join(PROVIDERS))
     print(header)
@@ -215,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                             "p80_ms": f"{_quantile(ts, 0.8):.4f}",
                             "ratio": f"{med / base:.3f}", "peak_mb": f"{peak:.2f}",
                             "out_channels": out_channels, "kernel": k, "stride": stride,
-                            "algorithm": algorithm, "torch": torch.__version__, "threads": args.threads,
+                            "algorithm": algorithm[mode], "torch": torch.__version__,
+                            "threads": args.threads,
                             "timestamp": stamp,
                         })
-                    name = (f"{'x'.join(map(str, shape))} {k}x{k}/{stride}->{out_channels} "
-                            f"{algorithm[:4]}")
-                    print(f"{name:>33} {layout:>13} {mode:>8} | " + " ".join(cells) + " | " +
+                    short = "+".join(a.split(":")[-1][:4] for a in algorithm[mode].split("/"))
+                    name = f"{'x'.join(map(str, shape))} {k}x{k}/{stride}->{out_channels} {short}"
+                    print(f"{name:>38} {layout:>13} {mode:>8} | " + " ".join(cells) + " | " +
                           "/".join(mems), flush=True)
                 del fns
 

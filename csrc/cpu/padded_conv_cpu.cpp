@@ -323,6 +323,14 @@ Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   return winograd && winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
 }
 
+// Algorithm for the backward's weight gradient: the kernel of our own where it applies
+// (STYLIZE_FAST_CONV_ALGO=library or winograd keep the library's), else the library.
+Algorithm weight_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
+  const std::string forced = forced_algorithm();
+  if (forced == "library" || forced == "winograd") return Algorithm::kLibrary;
+  return wgrad_applies(g, dtype) ? Algorithm::kDirect : Algorithm::kLibrary;
+}
+
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, int64_t mode) {
@@ -374,6 +382,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
       output_mask[0] && gy.numel() > 0 ? input_grad_algorithm_for(g, input.scalar_type())
                                        : Algorithm::kLibrary;
   std::array<bool, 3> library_mask = output_mask;
+  // Our weight gradient reads through the padding map: no border correction for it after.
+  const bool own_weight_grad = output_mask[1] && gy.numel() > 0 && input.numel() > 0 &&
+                               weight_grad_algorithm_for(g, input.scalar_type()) ==
+                                   Algorithm::kDirect;
+  if (own_weight_grad) {
+    library_mask[1] = library_mask[2] = false;
+    if (output_mask[2]) grad_bias = gy.sum(at::IntArrayRef{0, 2, 3});
+  }
   if (input_grad_algorithm != Algorithm::kLibrary) {
     library_mask[0] = false;
     const Geometry d = input_grad_geometry(g);
@@ -385,21 +401,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
       direct_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
   }
   if (library_mask[0] || library_mask[1] || library_mask[2]) {
-    at::Tensor library_grad_input;
-    std::tie(library_grad_input, grad_weight, grad_bias) = at::convolution_backward(
-        gy, input, w, output_mask[2] ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt,
+    auto [library_grad_input, library_grad_weight, library_grad_bias] = at::convolution_backward(
+        gy, input, w, library_mask[2] ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt,
         stride, padding, kDilation, false, kNoPad, 1, library_mask);
     if (library_mask[0]) grad_input = library_grad_input;
+    if (library_mask[1]) grad_weight = library_grad_weight;
+    if (library_mask[2]) grad_bias = library_grad_bias;
   }
   const bool fix = mode != kZeros && (g.ph > 0 || g.pw > 0) && gy.numel() > 0;
   if (output_mask[0]) grad_input = in_format(grad_input, fmt);
   at::Tensor grad_weight_acc;
-  if (output_mask[1]) {
+  const bool fix_weight = output_mask[1] && !own_weight_grad;
+  if (own_weight_grad) {
+    grad_weight_acc = wgrad(gy, input, g, mode);
+  } else if (output_mask[1]) {
     // Corrections are summed in float32 (float64 for float64), rounded once at the end.
     grad_weight_acc = grad_weight.to(input.scalar_type() == at::kDouble ? at::kDouble
                                                                         : at::kFloat);
   }
-  if (fix && (output_mask[0] || output_mask[1])) {
+  if (fix && (output_mask[0] || fix_weight)) {
     for (const auto& group : band_groups(g)) {
       const Band& f = group.front();
       const int64_t nb = static_cast<int64_t>(group.size()) * g.n;
@@ -409,14 +429,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
         gy_bands.narrow(0, k * g.n, g.n).copy_(band_of(gy, group[k]));
       // Without the weight gradient only the strips' shape is read.
       const Strip fs = strip_of(f, g);
-      at::Tensor rings = output_mask[1]
+      at::Tensor rings = fix_weight
                              ? gather_group(input, group, g, mode, fmt, true)
                              : at::zeros({nb, g.c, fs.r1 - fs.r0, fs.c1 - fs.c0},
                                          input.options().memory_format(fmt));
       auto [g_strips, gw_bands, unused] = at::convolution_backward(
           gy_bands, rings, w, c10::nullopt, stride, kNoPad, kDilation, false, kNoPad, 1,
-          {output_mask[0], output_mask[1], false});
-      if (output_mask[1]) grad_weight_acc.add_(gw_bands);
+          {output_mask[0], fix_weight, false});
+      if (fix_weight) grad_weight_acc.add_(gw_bands);
       if (output_mask[0]) {
         for (size_t k = 0; k < group.size(); ++k)
           fold_strip(grad_input, g_strips.narrow(0, k * g.n, g.n), strip_of(group[k], g), g,
@@ -430,12 +450,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
 }
 
 // Which algorithm a call with these (already checked) arguments runs: for the forward, or with
-// input_grad for the backward's input gradient. Sizes rather than tensors, so that Python can
+// input_grad / weight_grad for the backward's input / weight gradient ("direct" for the
+// weight-gradient kernel of padded_conv_cpu_wgrad.cpp). Sizes rather than tensors, so that Python can
 // ask while torch.compile traces with fake tensors.
 std::string padded_conv2d_cpu_algorithm(at::IntArrayRef input_size, at::IntArrayRef weight_size,
                                         at::ScalarType dtype, bool channels_last,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
-                                        int64_t mode, bool input_grad) {
+                                        int64_t mode, bool input_grad, bool weight_grad) {
   TORCH_CHECK(input_size.size() == 4 && weight_size.size() == 4 && stride.size() == 2 &&
                   padding.size() == 2,
               "padded_conv2d_cpu_algorithm: expected 4 input sizes, 4 weight sizes, 2 strides "
@@ -446,6 +467,9 @@ std::string padded_conv2d_cpu_algorithm(at::IntArrayRef input_size, at::IntArray
              (input_size[2] + 2 * padding[0] - weight_size[2]) / stride[0] + 1,
              (input_size[3] + 2 * padding[1] - weight_size[3]) / stride[1] + 1, channels_last};
   (void)mode;  // every algorithm handles every mode
+  TORCH_CHECK(!(input_grad && weight_grad),
+              "padded_conv2d_cpu_algorithm: ask for input_grad or weight_grad, not both");
+  if (weight_grad) return algorithm_name(weight_grad_algorithm_for(g, dtype));
   return algorithm_name(input_grad ? input_grad_algorithm_for(g, dtype) : algorithm_for(g, dtype));
 }
 
@@ -460,7 +484,7 @@ TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
 TORCH_LIBRARY_FRAGMENT(stylize_fast, m) {
   m.def("padded_conv2d_cpu_algorithm(int[] input_size, int[] weight_size, ScalarType dtype, "
         "bool channels_last, int[2] stride, int[2] padding, int padding_mode, "
-        "bool input_grad=False) -> str",
+        "bool input_grad=False, bool weight_grad=False) -> str",
         &padded_conv2d_cpu_algorithm);
 }
 

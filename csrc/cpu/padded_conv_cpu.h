@@ -5,7 +5,8 @@
 //                                 layer, which the library runs at a fifth of peak), few input
 //                                 channels with large kernels (the first 9x9 3->32 layer), and
 //                                 float32 stride-2 layers in NCHW;
-//   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers.
+//   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers;
+//   padded_conv_cpu_wgrad.cpp     the backward's weight gradient for few output channels.
 // The two kernels read the input through the padding index map (source_index) while they pack
 // it, so no padded tensor exists at any point.
 #pragma once
@@ -59,6 +60,13 @@ bool winograd_applies(const Geometry& g, at::ScalarType dtype);
 bool winograd_pays(const Geometry& g, at::ScalarType dtype);
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, at::Tensor& out);
+
+// Weight gradient for few output channels (padded_conv_cpu_wgrad.cpp), read through the padding
+// index map: wgrad_applies says whether it handles the layer and beats the library there;
+// wgrad returns dW (O, C, KH, KW), contiguous, in float32 (float64 for float64 input).
+bool wgrad_applies(const Geometry& g, at::ScalarType dtype);
+at::Tensor wgrad(const at::Tensor& grad_output, const at::Tensor& input, const Geometry& g,
+                 int64_t mode);
 
 }  // namespace padded_conv_cpu
 }  // namespace stylize_fast

@@ -213,10 +213,11 @@ ALGORITHM_ENV_VAR = "STYLIZE_FAST_CONV_ALGO"
 
 @functools.lru_cache(maxsize=4096)
 def _cpu_algorithm_cached(*key) -> str:
-    input_size, weight_size, dtype, channels_last, stride, padding, mode, input_grad, _env = key
+    (input_size, weight_size, dtype, channels_last, stride, padding, mode, input_grad,
+     weight_grad, _env) = key
     return torch.ops.stylize_fast.padded_conv2d_cpu_algorithm(
         list(input_size), list(weight_size), dtype, channels_last, list(stride), list(padding),
-        mode, input_grad)
+        mode, input_grad, weight_grad)
 
 
 # Asked with plain sizes, and treated as a constant by torch.compile: the answer depends only on
@@ -228,16 +229,20 @@ def _cpu_algorithm(*key) -> str:
 
 
 def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
-                  padding: tuple[int, int], padding_mode: int, *, input_grad: bool = False) -> str:
+                  padding: tuple[int, int], padding_mode: int, *, input_grad: bool = False,
+                  weight_grad: bool = False) -> str:
     """The algorithm the C++ CPU kernel runs for these (checked) arguments: ``"direct"`` (few
     output or input channels, float32 stride 2 in NCHW), ``"winograd"`` (3x3 stride 1, float32 /
     bfloat16) or ``"library"`` (oneDNN with zero padding + border fix-up) -- for the forward, or
-    with ``input_grad`` for the backward's input gradient (direct never runs there).
-    ``STYLIZE_FAST_CONV_ALGO`` forces one."""
+    with ``input_grad`` for the backward's input gradient (direct or Winograd where they apply),
+    or with ``weight_grad`` for its weight gradient (``"direct"``: the weight-gradient kernel for
+    few output channels). ``STYLIZE_FAST_CONV_ALGO`` forces one."""
+    if input_grad and weight_grad:
+        raise ValueError("cpu_algorithm: ask for input_grad or weight_grad, not both")
     return _cpu_algorithm(tuple(int(s) for s in input.shape), tuple(int(s) for s in weight.shape),
                           input.dtype, output_memory_format(input) == torch.channels_last,
                           tuple(stride), tuple(padding), int(padding_mode), bool(input_grad),
-                          os.environ.get(ALGORITHM_ENV_VAR, ""))
+                          bool(weight_grad), os.environ.get(ALGORITHM_ENV_VAR, ""))
 
 
 def _cpu_kernel_pays(input, weight, bias, stride, padding, padding_mode) -> bool:

@@ -1,0 +1,265 @@
+"""Tests specific to the weight-gradient kernel of the CPU padded convolution
+(csrc/cpu/padded_conv_cpu_wgrad.cpp): few output channels (1..8), kernels of 3x3 and up,
+stride 1 or 2, float32 / bfloat16 / float16, reading the unpadded input through the padding
+index map. Every case first asserts that the backward really runs the kernel
+(``cpu_algorithm(..., weight_grad=True) == "direct"``), then compares grad_weight and grad_bias
+with the float64 reference (the backward of F.conv2d(F.pad(x, mode), w) on the same rounded
+inputs), outputs poisoned (NaN) beforehand.
+
+Covered: the three padding modes, kernels 3x3 / 5x5 / 9x9 and rectangular, pad = size - 1,
+strides 1 and 2, odd sizes, batches 1 and 3, 1..33 input channels (partial vectors of channels),
+every output-channel count the kernel takes, contiguous / channels_last / strided / permuted
+inputs and gradients, each x86 instruction-set level, bit-identical results across runs and
+thread counts, the output masks, the environment override, and which layers it takes.
+Generic backend-parametrised tests live in test_padded_conv.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import stylize_fast as sf
+from stylize_fast.ops import padded_conv
+from stylize_fast.testing import assert_all_written, assert_close, make_input, poisoned_outputs
+
+pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
+                                reason="C++ extension not built")
+
+ops = torch.ops.stylize_fast
+MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
+MAX_OUT = 8  # kWgradMaxOut
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+LEVELS = ["default", "avx2", "avx512"]
+
+
+@pytest.fixture(autouse=True)
+def _automatic(monkeypatch):
+    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO", raising=False)
+
+
+def _input(shape, dtype, layout, seed=0):
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    if layout == "permuted":  # H and W swapped in memory
+        return make_input((n, c, w, h), dtype, generator=g).transpose(2, 3)
+    return make_input(shape, dtype, layout, generator=g)
+
+
+def _grads(x, w, gy, stride, padding, mode, mask=(False, True, True)):
+    """(grad_weight, grad_bias) of the op and of the float64 reference, on the same inputs."""
+    stride = [stride, stride] if isinstance(stride, int) else list(stride)
+    padding = list(padding)
+    assert padded_conv.cpu_algorithm(x, w, tuple(stride), tuple(padding), MODES[mode],
+                                     weight_grad=True) == "direct"
+    with poisoned_outputs():
+        _, gw, gb = ops.padded_conv2d_bwd(gy, x, w, stride, padding, MODES[mode], list(mask))
+    ph, pw = padding
+    xp = F.pad(x.double(), (pw, pw, ph, ph), mode="constant" if mode == "zeros" else mode)
+    _, rw, rb = torch.ops.aten.convolution_backward(
+        gy.double(), xp, w.double(), [w.shape[0]], stride, [0, 0], [1, 1], False, [0, 0], 1,
+        [False, True, True])
+    return gw, gb, rw, rb
+
+
+def _check(x, w, gy, stride, padding, mode):
+    gw, gb, rw, rb = _grads(x, w, gy, stride, padding, mode)
+    # Float32 products summed in float32 per output row, then in float64: a few ulps of the
+    # largest value; half dtypes add the one rounding of the result.
+    rtol = {torch.float32: 1e-5, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-10}[x.dtype]
+    for name, got, want in (("grad_weight", gw, rw), ("grad_bias", gb, rb)):
+        assert_all_written(got, name=name)
+        assert got.dtype == x.dtype and got.shape == want.shape and got.is_contiguous()
+        assert_close(got, want, atol=1e-5 * want.abs().max().item(), rtol=rtol, name=name)
+
+
+def _case(shape, o, k, stride=1, dtype=torch.float32, layout="contiguous", seed=0):
+    n, c, h, wd = shape
+    kh, kw = (k, k) if isinstance(k, int) else k
+    g = torch.Generator().manual_seed(seed + 1)
+    w = (torch.randn(o, c, kh, kw, generator=g, dtype=torch.float64)
+         * (c * kh * kw) ** -0.5).to(dtype)
+    x = _input(shape, dtype, layout, seed)
+    return x, w, g
+
+
+def _grad_output(x, w, stride, padding, layout, g):
+    n, _, h, wd = x.shape
+    ho = (h + 2 * padding[0] - w.shape[2]) // stride + 1
+    wo = (wd + 2 * padding[1] - w.shape[3]) // stride + 1
+    gy = torch.randn(n, w.shape[0], ho, wo, generator=g, dtype=torch.float64).to(x.dtype)
+    if layout == "channels_last":
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    elif layout in ("strided", "permuted"):
+        gy = torch.randn(n, w.shape[0], ho, 2 * wo, generator=g).to(x.dtype)[..., ::2]
+    return gy
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("kernel", [3, 5, 9, (3, 5), (9, 3)], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_modes_kernels_strides(mode, kernel, stride, layout):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padding = (kh // 2, kw // 2)
+    x, w, g = _case((2, 5, 13, 11), 3, kernel, stride, layout=layout)
+    _check(x, w, _grad_output(x, w, stride, padding, layout, g), stride, padding, mode)
+
+
+@pytest.mark.parametrize("o", range(1, MAX_OUT + 1))
+@pytest.mark.parametrize("c", [1, 7, 16, 33])
+def test_output_and_input_channels(o, c):
+    # 33 channels: two full vectors and a partial one at every vector width.
+    x, w, g = _case((1, c, 9, 21), o, 3)
+    _check(x, w, _grad_output(x, w, 1, (1, 1), "contiguous", g), 1, (1, 1), "reflect")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+@pytest.mark.parametrize("shape,k,pad", [
+    pytest.param((1, 4, 5, 6), 9, (4, 4), id="pad-exceeds-half"),
+    pytest.param((1, 4, 3, 4), 3, (2, 3), id="pad-size-minus-1"),
+    pytest.param((3, 6, 1, 9), (1, 9), (0, 4), id="one-row"),
+    pytest.param((1, 3, 40, 3), 3, (1, 2), id="narrow"),
+    pytest.param((2, 32, 37, 29), 9, (4, 4), id="johnson-last-odd"),
+])
+def test_borders(mode, shape, k, pad):
+    x, w, g = _case(shape, 3, k)
+    _check(x, w, _grad_output(x, w, 1, pad, "contiguous", g), 1, pad, mode)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "permuted"])
+def test_dtypes_and_layouts(dtype, layout):
+    x, w, g = _case((2, 20, 16, 19), 3, 9, dtype=dtype, layout=layout)
+    _check(x, w, _grad_output(x, w, 1, (4, 4), layout, g), 1, (4, 4), "reflect")
+
+
+def test_many_rows_several_tasks_per_sample():
+    # 150 output rows: more than one task per sample, the last one partial.
+    x, w, g = _case((1, 8, 150, 40), 2, 3, layout="channels_last")
+    _check(x, w, _grad_output(x, w, 1, (1, 1), "channels_last", g), 1, (1, 1), "reflect")
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction-set levels, determinism
+
+
+def _supported_levels(monkeypatch):
+    monkeypatch.delenv("STYLIZE_FAST_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    best = ops.instance_norm_cpu_isa()
+    return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else LEVELS
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("o,k,stride", [(3, 9, 1), (8, 3, 2), (5, 5, 1)])
+def test_each_instruction_set(level, dtype, o, k, stride, monkeypatch):
+    if level not in _supported_levels(monkeypatch):
+        pytest.skip(f"this CPU does not run {level}")
+    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    x, w, g = _case((2, 19, 15, 23), o, k, stride, dtype, "channels_last")
+    pad = (k // 2, k // 2)
+    _check(x, w, _grad_output(x, w, stride, pad, "channels_last", g), stride, pad, "reflect")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bit_identical_across_runs_and_threads(layout):
+    x, w, g = _case((2, 16, 70, 33), 3, 9, layout=layout)
+    gy = _grad_output(x, w, 1, (4, 4), layout, g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 3, 2, 2):
+            torch.set_num_threads(t)
+            results.append(ops.padded_conv2d_bwd(gy, x, w, [1, 1], [4, 4], 1,
+                                                 [False, True, True]))
+    finally:
+        torch.set_num_threads(threads)
+    for r in results[1:]:
+        assert torch.equal(r[1], results[0][1]) and torch.equal(r[2], results[0][2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks, autograd, choice
+
+
+@pytest.mark.parametrize("mask", [(False, True, False), (True, True, True), (True, True, False)],
+                         ids=str)
+@pytest.mark.parametrize("stride", [1, 2])  # input gradient: direct kernel / library
+def test_output_masks(mask, stride):
+    x, w, g = _case((1, 12, 17, 15), 3, 9, layout="channels_last")
+    gy = _grad_output(x, w, stride, (4, 4), "channels_last", g)
+    with poisoned_outputs():
+        gi, gw, gb = ops.padded_conv2d_bwd(gy, x, w, [stride, stride], [4, 4], 1, list(mask))
+    _, _, rw, rb = _grads(x, w, gy, (stride, stride), (4, 4), "reflect")
+    assert_close(gw, rw, atol=1e-5 * rw.abs().max().item(), rtol=1e-5)
+    assert gb.numel() == (3 if mask[2] else 0)
+    if mask[2]:
+        assert_close(gb, rb, atol=1e-5 * rb.abs().max().item(), rtol=1e-5)
+    if mask[0]:  # the input gradient is unaffected by who computes the weight gradient
+        xd = x.detach().double().requires_grad_(True)
+        y = F.conv2d(F.pad(xd, (4, 4, 4, 4), mode="reflect"), w.double(), stride=stride)
+        (want,) = torch.autograd.grad(y, xd, gy.double())
+        assert_close(gi, want, atol=1e-5 * want.abs().max().item(), rtol=1e-4)
+
+
+def test_public_function_backward_on_johnsons_last_layer():
+    # sf.functional.padded_conv2d with autograd, channels_last as JohnsonNet(norm="fused") runs.
+    x = make_input((1, 32, 40, 36), torch.float32, "channels_last", requires_grad=True)
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(3, 32, 9, 9, generator=g) * 0.02).requires_grad_(True)
+    b = torch.randn(3, generator=g).requires_grad_(True)
+    assert padded_conv.cpu_algorithm(x, w, (1, 1), (4, 4), 1, weight_grad=True) == "direct"
+    with sf.backends.use("cpu"):
+        y = sf.functional.padded_conv2d(x, w, b, 1, 4, padding_mode="reflect")
+    gy = torch.randn(y.shape, generator=g)
+    got = torch.autograd.grad(y, (x, w, b), gy)
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    ref = F.conv2d(F.pad(x64, (4, 4, 4, 4), mode="reflect"), w64, b64)
+    want = torch.autograd.grad(ref, (x64, w64, b64), gy.double())
+    for name, a, e in zip(("input", "weight", "bias"), got, want):
+        assert_close(a, e, atol=1e-5 * e.abs().max().item(), rtol=1e-4, name=f"grad_{name}")
+
+
+@pytest.mark.parametrize("forced,expected", [("library", "library"), ("winograd", "library"),
+                                             ("direct", "direct"), ("auto", "direct")])
+def test_environment_override(forced, expected, monkeypatch):
+    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", forced)
+    x, w, g = _case((1, 6, 12, 10), 3, 3)
+    assert padded_conv.cpu_algorithm(x, w, (1, 1), (1, 1), 1, weight_grad=True) == expected
+    gy = _grad_output(x, w, 1, (1, 1), "contiguous", g)
+    _, gw, _ = ops.padded_conv2d_bwd(gy, x, w, [1, 1], [1, 1], 1, [False, True, False])
+    xp = F.pad(x.double(), (1, 1, 1, 1), mode="reflect")
+    want = torch.ops.aten.convolution_backward(gy.double(), xp, w.double(), None, [1, 1], [0, 0],
+                                               [1, 1], False, [0, 0], 1, [False, True, False])[1]
+    assert_close(gw, want, atol=1e-5 * want.abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("o,k,stride,dtype,expected", [
+    (3, 9, 1, torch.float32, "direct"),
+    (8, 3, 2, torch.bfloat16, "direct"),
+    (1, 5, 1, torch.float16, "direct"),
+    (9, 3, 1, torch.float32, "library"),   # more outputs: the library's rate is fine
+    (3, 1, 1, torch.float32, "library"),   # 1x1: one GEMM for the library
+    (3, 3, 3, torch.float32, "library"),   # stride 3: not handled
+    (3, 3, 1, torch.float64, "library"),   # float64: the kernel computes in float32
+])
+def test_which_layers_it_takes(o, k, stride, dtype, expected):
+    x = torch.empty(1, 8, 20, 20, dtype=dtype)
+    w = torch.empty(o, 8, k, k, dtype=dtype)
+    assert padded_conv.cpu_algorithm(x, w, (stride, stride), (k // 2, k // 2), 1,
+                                     weight_grad=True) == expected
+
+
+def test_algorithm_query_rejects_both_gradients():
+    x, w = torch.empty(1, 8, 20, 20), torch.empty(3, 8, 3, 3)
+    with pytest.raises(ValueError, match="input_grad or weight_grad"):
+        padded_conv.cpu_algorithm(x, w, (1, 1), (1, 1), 1, input_grad=True, weight_grad=True)
+    with pytest.raises(RuntimeError, match="input_grad or weight_grad"):
+        ops.padded_conv2d_cpu_algorithm([1, 8, 20, 20], [3, 8, 3, 3], torch.float32, False,
+                                        [1, 1], [1, 1], 1, True, True)
