@@ -5,17 +5,21 @@
 // *zero* padding (ph, pw) -- oneDNN pads inside its kernels, no copy. Every output pixel whose
 // receptive field lies inside the image is then already exact; only the output pixels within
 // reach of the border (a band of ceil(p / s) rows / columns on each side) saw zeros where the
-// mode wants reflected / replicated values. Those are recomputed from small padded strips
-// gathered with the padding index map and written over the band: O(perimeter) extra work.
+// mode wants reflected / replicated values. Those are recomputed and written over: their patches
+// gathered through the padding index map (im2col of the border pixels only) times the weight,
+// one GEMM per chunk of pixels -- O(perimeter) extra work. (Thin convolutions over the bands
+// were the first design: oneDNN runs those 1-2 orders of magnitude below its rate.)
 //
 // The backward is the same identity read backwards. With P(x) = Z(x) + B(x) (zero padding plus
 // the values that only live in the padding ring):
-//   grad_input  = Z^T G + B^T G   -- Z^T G from the library's zero-padded backward; B^T G from
-//                                    the border bands' input gradients restricted to the ring and
-//                                    folded (one thread per (n, c) plane: deterministic, no atomics) onto
+//   grad_input  = Z^T G + B^T G   -- Z^T G from the library's zero-padded backward (or our
+//                                    kernels'); B^T G = the border pixels' patch gradients
+//                                    (G W, one GEMM) restricted to the ring and folded (one
+//                                    thread per (n, c) plane: deterministic, no atomics) onto
 //                                    the reflected / replicated source pixels;
-//   grad_weight = wgrad(Z(x), gy) + sum over bands wgrad(B(strip), gy(band));
-//   grad_bias   = sum of gy (from the library).
+//   grad_weight = wgrad(Z(x), gy) + G(border)^T B(patches)  (one GEMM), or our kernel's
+//                 (padded_conv_cpu_wgrad.cpp, few output channels), which reads B directly;
+//   grad_bias   = sum of gy.
 // The four bands (top, bottom, and left / right between them) are disjoint and cover every
 // output pixel that touches the ring, so each contribution is counted exactly once.
 //
@@ -124,120 +128,200 @@ std::vector<Band> border_bands(const Geometry& g) {
   return nonempty;
 }
 
-// The padded-input rectangle a band reads: rows [r0, r1), columns [c0, c1) in padded coords.
-struct Strip {
-  int64_t r0, r1, c0, c1;
+// The output pixels the fix-up recomputes: every pixel of the border bands, in the order
+// (band, row, column). Pixel p of the whole batch is pixel p % S of sample p / S.
+struct BorderPixels {
+  std::vector<int64_t> oy, ox;
+  int64_t size() const { return static_cast<int64_t>(oy.size()); }
 };
 
-Strip strip_of(const Band& b, const Geometry& g) {
-  return {b.oh0 * g.sh, (b.oh1 - 1) * g.sh + g.kh, b.ow0 * g.sw, (b.ow1 - 1) * g.sw + g.kw};
+BorderPixels border_pixels(const Geometry& g) {
+  BorderPixels bp;
+  for (const Band& b : border_bands(g))
+    for (int64_t y = b.oh0; y < b.oh1; ++y)
+      for (int64_t x = b.ow0; x < b.ow1; ++x) {
+        bp.oy.push_back(y);
+        bp.ox.push_back(x);
+      }
+  return bp;
 }
 
-// Bands of equal size (top / bottom, left / right as a rule) are stacked along the batch so
-// that each group is one library call: fewer calls, and a batch > 1 keeps PyTorch's heuristic
-// on oneDNN instead of its slow im2col convolution for small inputs.
-std::vector<std::vector<Band>> band_groups(const Geometry& g) {
-  std::vector<std::vector<Band>> groups;
-  for (const Band& b : border_bands(g)) {
-    bool placed = false;
-    for (auto& group : groups) {
-      const Band& f = group.front();
-      if (f.oh1 - f.oh0 == b.oh1 - b.oh0 && f.ow1 - f.ow0 == b.ow1 - b.ow0) {
-        group.push_back(b);
-        placed = true;
-        break;
-      }
-    }
-    if (!placed) groups.push_back({b});
+// Source row / column of every padded coordinate (-1: zero padding), and whether it lies in
+// the padding ring rather than the image.
+struct PadMap {
+  std::vector<int64_t> row, col;
+  std::vector<char> row_ring, col_ring;
+};
+
+PadMap pad_map(const Geometry& g, int64_t mode) {
+  PadMap m;
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+  for (int64_t i = 0; i < hp; ++i) {
+    m.row.push_back(source_index(i, g.ph, g.h, mode));
+    m.row_ring.push_back(i < g.ph || i >= g.ph + g.h);
   }
-  return groups;
+  for (int64_t j = 0; j < wp; ++j) {
+    m.col.push_back(source_index(j, g.pw, g.w, mode));
+    m.col_ring.push_back(j < g.pw || j >= g.pw + g.w);
+  }
+  return m;
 }
 
 // Work below this many elements runs on the calling thread: a parallel region costs more than
-// copying a strip, and far more when the cores are oversubscribed.
+// copying a few patches, and far more when the cores are oversubscribed.
 constexpr int64_t kParallelGrain = 1 << 15;
+// Patches are built and multiplied in chunks of at most this many bytes.
+constexpr int64_t kPatchChunkBytes = int64_t(4) << 20;
 
-// Copies the padded-input rectangle `s` of x into `out` (N, C, rows, cols), reading each value
-// through the padding index map. With ring_only, pixels that lie inside the image are written
-// as zeros (the zero-padded library call already covered them). Hand-written because
-// index_select along H / W copies one slice per index (a TensorIterator each).
-void gather_strip(const at::Tensor& x, at::Tensor out, const Strip& s, const Geometry& g,
-                  int64_t mode, bool ring_only) {
-  const int64_t R = s.r1 - s.r0, Q = s.c1 - s.c0, C = g.c;
-  std::vector<int64_t> rows(R), cols(Q);
-  for (int64_t i = 0; i < R; ++i) rows[i] = source_index(s.r0 + i, g.ph, g.h, mode);
-  for (int64_t j = 0; j < Q; ++j) cols[j] = source_index(s.c0 + j, g.pw, g.w, mode);
+// The border pixels [p0, p1) as rows of patches (im2col through the padding index map), in the
+// accumulation dtype: row p - p0, column (c KH + ky) KW + kx holds Xpad[n, c, oy SH + ky,
+// ox SW + kx]. ring_only: values inside the image are zero (the zero-padded library pass
+// covered them).
+template <typename scalar_t, typename acc_t>
+void gather_patches(const at::Tensor& x, const Geometry& g, const PadMap& m,
+                    const BorderPixels& bp, int64_t p0, int64_t p1, bool ring_only, acc_t* out) {
+  const int64_t K = g.c * g.kh * g.kw, S = bp.size();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const auto xs = x.strides();
-  const auto os = out.strides();
-  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, Q * C));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gather_strip", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, g.n * R, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / R, i = t % R;
-        const int64_t r = s.r0 + i - g.ph;
-        const bool row_inside = r >= 0 && r < g.h;
-        const scalar_t* xrow = xp + n * xs[0] + rows[i] * xs[2];
-        scalar_t* orow = op + n * os[0] + i * os[2];
-        for (int64_t j = 0; j < Q; ++j) {
-          const int64_t q = s.c0 + j - g.pw;
-          const bool zero = ring_only && row_inside && q >= 0 && q < g.w;
-          const scalar_t* xpix = xrow + cols[j] * xs[3];
-          scalar_t* opix = orow + j * os[3];
-          for (int64_t c = 0; c < C; ++c) opix[c * os[1]] = zero ? scalar_t(0) : xpix[c * xs[1]];
-        }
-      }
-    });
-  });
-}
-
-// The strips of a group stacked along the batch: (bands * N, C, rows, cols) in layout fmt.
-at::Tensor gather_group(const at::Tensor& x, const std::vector<Band>& group, const Geometry& g,
-                        int64_t mode, at::MemoryFormat fmt, bool ring_only) {
-  const Strip first = strip_of(group.front(), g);
-  auto out = at::empty({static_cast<int64_t>(group.size()) * g.n, g.c, first.r1 - first.r0,
-                        first.c1 - first.c0},
-                       x.options().memory_format(fmt));
-  for (size_t k = 0; k < group.size(); ++k)
-    gather_strip(x, out.narrow(0, k * g.n, g.n), strip_of(group[k], g), g, mode, ring_only);
-  return out;
-}
-
-// grad_input[n, c, src(i), src(j)] += g_strip[n, c, i, j] for every ring pixel (i, j) of the
-// strip (interior pixels were handled by the library's zero-padded backward). Each (n, c) plane
-// is owned by one thread and visited in a fixed order: deterministic, no atomics.
-void fold_strip(at::Tensor& grad_input, const at::Tensor& g_strip, const Strip& s,
-                const Geometry& g, int64_t mode) {
-  const int64_t R = s.r1 - s.r0, Q = s.c1 - s.c0;
-  std::vector<int64_t> rows(R), cols(Q);
-  for (int64_t i = 0; i < R; ++i) rows[i] = source_index(s.r0 + i, g.ph, g.h, mode);
-  for (int64_t j = 0; j < Q; ++j) cols[j] = source_index(s.c0 + j, g.pw, g.w, mode);
-  const auto gs = grad_input.strides();
-  const auto ss = g_strip.strides();
-  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, R * Q));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g_strip.scalar_type(), "fold_strip",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    scalar_t* gp = grad_input.data_ptr<scalar_t>();
-    const scalar_t* sp = g_strip.const_data_ptr<scalar_t>();
-    at::parallel_for(0, g.n * g.c, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / g.c, c = t % g.c;
-        scalar_t* gplane = gp + n * gs[0] + c * gs[1];
-        const scalar_t* splane = sp + n * ss[0] + c * ss[1];
-        for (int64_t i = 0; i < R; ++i) {
-          const int64_t r = s.r0 + i - g.ph;
-          const bool row_inside = r >= 0 && r < g.h;
-          for (int64_t j = 0; j < Q; ++j) {
-            const int64_t q = s.c0 + j - g.pw;
-            if (row_inside && q >= 0 && q < g.w) continue;
-            scalar_t& dst = gplane[rows[i] * gs[2] + cols[j] * gs[3]];
-            dst = static_cast<acc_t>(dst) + static_cast<acc_t>(splane[i * ss[2] + j * ss[3]]);
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, K));
+  at::parallel_for(p0, p1, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t n = p / S, iy0 = bp.oy[p % S] * g.sh, ix0 = bp.ox[p % S] * g.sw;
+      acc_t* row = out + (p - p0) * K;
+      for (int64_t c = 0; c < g.c; ++c) {
+        const scalar_t* plane = xp + n * xs[0] + c * xs[1];
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = iy0 + ky, sr = m.row[iy];
+          acc_t* dst = row + (c * g.kh + ky) * g.kw;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t ix = ix0 + kx, sc = m.col[ix];
+            const bool skip = sr < 0 || sc < 0 || (ring_only && !m.row_ring[iy] && !m.col_ring[ix]);
+            dst[kx] = skip ? acc_t(0) : static_cast<acc_t>(plane[sr * xs[2] + sc * xs[3]]);
           }
         }
       }
-    });
+    }
+  });
+}
+
+// grad_output at the border pixels [p0, p1) as (pixels, O) in the accumulation dtype.
+template <typename scalar_t, typename acc_t>
+void gather_grad(const at::Tensor& gy, const Geometry& g, const BorderPixels& bp, int64_t p0,
+                 int64_t p1, acc_t* out) {
+  const int64_t S = bp.size();
+  const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+  const auto gs = gy.strides();
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / S, y = bp.oy[p % S], x = bp.ox[p % S];
+    for (int64_t o = 0; o < g.o; ++o)
+      out[(p - p0) * g.o + o] = static_cast<acc_t>(gp[n * gs[0] + o * gs[1] + y * gs[2] + x * gs[3]]);
+  }
+}
+
+at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+int64_t patch_chunk_rows(const Geometry& g) {
+  return std::max<int64_t>(1, kPatchChunkBytes / (g.c * g.kh * g.kw * int64_t(sizeof(float))));
+}
+
+// The forward fix-up: the border pixels of out recomputed from their true-padded patches, one
+// GEMM per chunk of pixels (oneDNN runs the bands' thin convolutions 1-2 orders of magnitude
+// below its rate).
+void fix_forward_border(const at::Tensor& input, const at::Tensor& weight,
+                        const c10::optional<at::Tensor>& bias, const Geometry& g, int64_t mode,
+                        at::Tensor& out) {
+  const BorderPixels bp = border_pixels(g);
+  const int64_t P = g.n * bp.size(), K = g.c * g.kh * g.kw;
+  if (P == 0) return;
+  const PadMap m = pad_map(g, mode);
+  const auto acc = acc_type_of(input.scalar_type());
+  const auto opts = input.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
+  const auto wt = weight.to(acc).contiguous().view({g.o, K}).t();
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(acc) : at::Tensor();
+  const int64_t rows = patch_chunk_rows(g), S = bp.size();
+  auto patches = at::empty({std::min(rows, P), K}, opts);
+  const auto os = out.strides();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fix_forward",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t p0 = 0; p0 < P; p0 += rows) {
+      const int64_t p1 = std::min(P, p0 + rows);
+      auto pt = patches.narrow(0, 0, p1 - p0);
+      gather_patches<scalar_t, acc_t>(input, g, m, bp, p0, p1, false, pt.data_ptr<acc_t>());
+      const auto y = b.defined() ? at::addmm(b, pt, wt) : at::mm(pt, wt);  // (pixels, O)
+      const acc_t* yp = y.const_data_ptr<acc_t>();
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n = p / S, oy = bp.oy[p % S], ox = bp.ox[p % S];
+        for (int64_t o = 0; o < g.o; ++o)
+          op[n * os[0] + o * os[1] + oy * os[2] + ox * os[3]] =
+              static_cast<scalar_t>(yp[(p - p0) * g.o + o]);
+      }
+    }
+  });
+}
+
+// The backward fix-up (B^T G and wgrad(B(x), G), see the top of the file), one GEMM per chunk
+// of border pixels for each. grad_input (when defined) gets the ring contributions folded onto
+// their source pixels: one thread per (n, c) plane, pixels in a fixed order -- deterministic,
+// no atomics. grad_weight_acc (when defined): (O, C, KH, KW) contiguous, accumulation dtype.
+void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight,
+                         const Geometry& g, int64_t mode, at::Tensor& grad_input,
+                         at::Tensor& grad_weight_acc) {
+  const BorderPixels bp = border_pixels(g);
+  const int64_t P = g.n * bp.size(), K = g.c * g.kh * g.kw, S = bp.size();
+  if (P == 0) return;
+  const PadMap m = pad_map(g, mode);
+  const auto acc = acc_type_of(input.scalar_type());
+  const auto opts = input.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
+  const auto wmat = weight.to(acc).contiguous().view({g.o, K});
+  const int64_t rows = patch_chunk_rows(g);
+  auto gyp = at::empty({std::min(rows, P), g.o}, opts);
+  at::Tensor patches, gw;
+  if (grad_weight_acc.defined()) {
+    patches = at::empty({std::min(rows, P), K}, opts);
+    gw = grad_weight_acc.view({g.o, K});
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fix_backward",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t p0 = 0; p0 < P; p0 += rows) {
+      const int64_t p1 = std::min(P, p0 + rows);
+      auto gt = gyp.narrow(0, 0, p1 - p0);
+      gather_grad<scalar_t, acc_t>(gy, g, bp, p0, p1, gt.data_ptr<acc_t>());
+      if (grad_weight_acc.defined()) {
+        auto pt = patches.narrow(0, 0, p1 - p0);
+        gather_patches<scalar_t, acc_t>(input, g, m, bp, p0, p1, true, pt.data_ptr<acc_t>());
+        gw.addmm_(gt.t(), pt);
+      }
+      if (!grad_input.defined()) continue;
+      const auto dp = at::mm(gt, wmat);  // (pixels, K): each patch's gradient
+      const acc_t* dpp = dp.const_data_ptr<acc_t>();
+      scalar_t* gi = grad_input.data_ptr<scalar_t>();
+      const auto gs = grad_input.strides();
+      const int64_t n0 = p0 / S, n1 = (p1 - 1) / S + 1;
+      const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, (p1 - p0) * g.kh * g.kw));
+      at::parallel_for(n0 * g.c, n1 * g.c, grain, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t n = t / g.c, c = t % g.c;
+          scalar_t* plane = gi + n * gs[0] + c * gs[1];
+          for (int64_t p = std::max(p0, n * S); p < std::min(p1, (n + 1) * S); ++p) {
+            const int64_t iy0 = bp.oy[p % S] * g.sh, ix0 = bp.ox[p % S] * g.sw;
+            const acc_t* src = dpp + (p - p0) * K + c * g.kh * g.kw;
+            for (int64_t ky = 0; ky < g.kh; ++ky) {
+              const int64_t iy = iy0 + ky, sr = m.row[iy];
+              if (sr < 0) continue;
+              for (int64_t kx = 0; kx < g.kw; ++kx) {
+                const int64_t ix = ix0 + kx, sc = m.col[ix];
+                if (sc < 0 || (!m.row_ring[iy] && !m.col_ring[ix])) continue;
+                scalar_t& dst = plane[sr * gs[2] + sc * gs[3]];
+                dst = static_cast<acc_t>(dst) + src[ky * g.kw + kx];
+              }
+            }
+          }
+        }
+      });
+    }
   });
 }
 
@@ -252,10 +336,6 @@ at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
   auto want = at::empty(t.sizes(), t.options().memory_format(fmt));
   want.copy_(t);
   return want;
-}
-
-at::Tensor band_of(const at::Tensor& t, const Band& b) {
-  return t.narrow(2, b.oh0, b.oh1 - b.oh0).narrow(3, b.ow0, b.ow1 - b.ow0);
 }
 
 const std::array<int64_t, 2> kNoPad = {0, 0};
@@ -349,12 +429,7 @@ at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weig
   at::Tensor out = at::convolution(input, w, bias, stride, padding, kDilation, false, kNoPad, 1);
   out = in_format(out, fmt);
   if (mode == kZeros || (g.ph == 0 && g.pw == 0) || out.numel() == 0) return out;
-  for (const auto& group : band_groups(g)) {
-    auto strips = gather_group(input, group, g, mode, fmt, false);
-    auto y = at::convolution(strips, w, bias, stride, kNoPad, kDilation, false, kNoPad, 1);
-    for (size_t k = 0; k < group.size(); ++k)
-      band_of(out, group[k]).copy_(y.narrow(0, k * g.n, g.n));
-  }
+  fix_forward_border(input, weight, bias, g, mode, out);
   return out;
 }
 
@@ -416,33 +491,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
     grad_weight_acc = wgrad(gy, input, g, mode);
   } else if (output_mask[1]) {
     // Corrections are summed in float32 (float64 for float64), rounded once at the end.
-    grad_weight_acc = grad_weight.to(input.scalar_type() == at::kDouble ? at::kDouble
-                                                                        : at::kFloat);
+    grad_weight_acc = grad_weight.to(acc_type_of(input.scalar_type())).contiguous();
   }
   if (fix && (output_mask[0] || fix_weight)) {
-    for (const auto& group : band_groups(g)) {
-      const Band& f = group.front();
-      const int64_t nb = static_cast<int64_t>(group.size()) * g.n;
-      auto gy_bands = at::empty({nb, g.o, f.oh1 - f.oh0, f.ow1 - f.ow0},
-                                gy.options().memory_format(fmt));
-      for (size_t k = 0; k < group.size(); ++k)
-        gy_bands.narrow(0, k * g.n, g.n).copy_(band_of(gy, group[k]));
-      // Without the weight gradient only the strips' shape is read.
-      const Strip fs = strip_of(f, g);
-      at::Tensor rings = fix_weight
-                             ? gather_group(input, group, g, mode, fmt, true)
-                             : at::zeros({nb, g.c, fs.r1 - fs.r0, fs.c1 - fs.c0},
-                                         input.options().memory_format(fmt));
-      auto [g_strips, gw_bands, unused] = at::convolution_backward(
-          gy_bands, rings, w, c10::nullopt, stride, kNoPad, kDilation, false, kNoPad, 1,
-          {output_mask[0], fix_weight, false});
-      if (fix_weight) grad_weight_acc.add_(gw_bands);
-      if (output_mask[0]) {
-        for (size_t k = 0; k < group.size(); ++k)
-          fold_strip(grad_input, g_strips.narrow(0, k * g.n, g.n), strip_of(group[k], g), g,
-                     mode);
-      }
-    }
+    at::Tensor ring_grad_input = output_mask[0] ? grad_input : at::Tensor();
+    at::Tensor ring_grad_weight = fix_weight ? grad_weight_acc : at::Tensor();
+    fix_backward_border(gy, input, weight, g, mode, ring_grad_input, ring_grad_weight);
   }
   if (output_mask[1]) grad_weight = grad_weight_acc.to(input.scalar_type()).contiguous();
   return {output_mask[0] ? grad_input : none, output_mask[1] ? grad_weight : none.clone(),
