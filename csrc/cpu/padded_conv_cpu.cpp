@@ -173,14 +173,31 @@ constexpr int64_t kParallelGrain = 1 << 15;
 // Patches are built and multiplied in chunks of at most this many bytes.
 constexpr int64_t kPatchChunkBytes = int64_t(4) << 20;
 
+// Column order of the patch rows: taps outer and channels inner when the input's channels are
+// contiguous (channels_last), so that reads and writes both run along memory; channels outer
+// otherwise. weight_matrix() orders the weight's columns the same way.
+bool taps_major(const at::Tensor& x) { return x.stride(1) == 1 && x.size(1) > 1; }
+
+int64_t patch_column(const Geometry& g, bool taps_first, int64_t c, int64_t ky, int64_t kx) {
+  return taps_first ? (ky * g.kw + kx) * g.c + c : (c * g.kh + ky) * g.kw + kx;
+}
+
+// The weight as an (O, K) matrix in the accumulation dtype, columns in patch order.
+at::Tensor weight_matrix(const at::Tensor& weight, const Geometry& g, bool taps_first,
+                         at::ScalarType acc) {
+  const auto w = taps_first ? weight.permute({0, 2, 3, 1}) : weight;
+  return w.to(acc).contiguous().view({g.o, g.c * g.kh * g.kw});
+}
+
 // The border pixels [p0, p1) as rows of patches (im2col through the padding index map), in the
-// accumulation dtype: row p - p0, column (c KH + ky) KW + kx holds Xpad[n, c, oy SH + ky,
+// accumulation dtype: row p - p0, column patch_column(c, ky, kx) holds Xpad[n, c, oy SH + ky,
 // ox SW + kx]. ring_only: values inside the image are zero (the zero-padded library pass
 // covered them).
 template <typename scalar_t, typename acc_t>
 void gather_patches(const at::Tensor& x, const Geometry& g, const PadMap& m,
                     const BorderPixels& bp, int64_t p0, int64_t p1, bool ring_only, acc_t* out) {
   const int64_t K = g.c * g.kh * g.kw, S = bp.size();
+  const bool taps_first = taps_major(x);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const auto xs = x.strides();
   const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, K));
@@ -188,15 +205,21 @@ void gather_patches(const at::Tensor& x, const Geometry& g, const PadMap& m,
     for (int64_t p = b; p < e; ++p) {
       const int64_t n = p / S, iy0 = bp.oy[p % S] * g.sh, ix0 = bp.ox[p % S] * g.sw;
       acc_t* row = out + (p - p0) * K;
-      for (int64_t c = 0; c < g.c; ++c) {
-        const scalar_t* plane = xp + n * xs[0] + c * xs[1];
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t iy = iy0 + ky, sr = m.row[iy];
-          acc_t* dst = row + (c * g.kh + ky) * g.kw;
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            const int64_t ix = ix0 + kx, sc = m.col[ix];
-            const bool skip = sr < 0 || sc < 0 || (ring_only && !m.row_ring[iy] && !m.col_ring[ix]);
-            dst[kx] = skip ? acc_t(0) : static_cast<acc_t>(plane[sr * xs[2] + sc * xs[3]]);
+      const scalar_t* sample = xp + n * xs[0];
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = iy0 + ky, sr = m.row[iy];
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ix = ix0 + kx, sc = m.col[ix];
+          const bool skip = sr < 0 || sc < 0 || (ring_only && !m.row_ring[iy] && !m.col_ring[ix]);
+          const scalar_t* px = sample + (skip ? 0 : sr * xs[2] + sc * xs[3]);
+          if (taps_first) {
+            acc_t* dst = row + (ky * g.kw + kx) * g.c;
+            for (int64_t c = 0; c < g.c; ++c) dst[c] = skip ? acc_t(0) : static_cast<acc_t>(px[c]);
+          } else {
+            acc_t* dst = row + ky * g.kw + kx;
+            const int64_t step = g.kh * g.kw;
+            for (int64_t c = 0; c < g.c; ++c)
+              dst[c * step] = skip ? acc_t(0) : static_cast<acc_t>(px[c * xs[1]]);
           }
         }
       }
@@ -236,7 +259,7 @@ void fix_forward_border(const at::Tensor& input, const at::Tensor& weight,
   const PadMap m = pad_map(g, mode);
   const auto acc = acc_type_of(input.scalar_type());
   const auto opts = input.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
-  const auto wt = weight.to(acc).contiguous().view({g.o, K}).t();
+  const auto wt = weight_matrix(weight, g, taps_major(input), acc).t();
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(acc) : at::Tensor();
   const int64_t rows = patch_chunk_rows(g), S = bp.size();
   auto patches = at::empty({std::min(rows, P), K}, opts);
@@ -274,13 +297,14 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
   const PadMap m = pad_map(g, mode);
   const auto acc = acc_type_of(input.scalar_type());
   const auto opts = input.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
-  const auto wmat = weight.to(acc).contiguous().view({g.o, K});
+  const bool taps_first = taps_major(input);
+  const auto wmat = weight_matrix(weight, g, taps_first, acc);
   const int64_t rows = patch_chunk_rows(g);
   auto gyp = at::empty({std::min(rows, P), g.o}, opts);
   at::Tensor patches, gw;
   if (grad_weight_acc.defined()) {
     patches = at::empty({std::min(rows, P), K}, opts);
-    gw = grad_weight_acc.view({g.o, K});
+    gw = at::zeros({g.o, K}, opts);  // corrections in patch order, added once at the end
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fix_backward",
                                   [&] {
@@ -300,22 +324,31 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
       scalar_t* gi = grad_input.data_ptr<scalar_t>();
       const auto gs = grad_input.strides();
       const int64_t n0 = p0 / S, n1 = (p1 - 1) / S + 1;
-      const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, (p1 - p0) * g.kh * g.kw));
-      at::parallel_for(n0 * g.c, n1 * g.c, grain, [&](int64_t b, int64_t e) {
+      // Units of (sample, block of channels): one channel for NCHW, 32 adjacent ones when they
+      // are contiguous. Every element gets its contributions in (pixel, ky, kx) order whatever
+      // the unit or thread: deterministic.
+      const int64_t cb = taps_first ? std::min<int64_t>(32, g.c) : 1;
+      const int64_t blocks = (g.c + cb - 1) / cb;
+      const int64_t grain = std::max<int64_t>(
+          1, kParallelGrain / std::max<int64_t>(1, (p1 - p0) * g.kh * g.kw * cb));
+      at::parallel_for(n0 * blocks, n1 * blocks, grain, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
-          const int64_t n = t / g.c, c = t % g.c;
-          scalar_t* plane = gi + n * gs[0] + c * gs[1];
+          const int64_t n = t / blocks, c0 = t % blocks * cb, c1 = std::min(g.c, c0 + cb);
+          scalar_t* sample = gi + n * gs[0];
           for (int64_t p = std::max(p0, n * S); p < std::min(p1, (n + 1) * S); ++p) {
             const int64_t iy0 = bp.oy[p % S] * g.sh, ix0 = bp.ox[p % S] * g.sw;
-            const acc_t* src = dpp + (p - p0) * K + c * g.kh * g.kw;
+            const acc_t* src = dpp + (p - p0) * K;
             for (int64_t ky = 0; ky < g.kh; ++ky) {
               const int64_t iy = iy0 + ky, sr = m.row[iy];
               if (sr < 0) continue;
               for (int64_t kx = 0; kx < g.kw; ++kx) {
                 const int64_t ix = ix0 + kx, sc = m.col[ix];
                 if (sc < 0 || (!m.row_ring[iy] && !m.col_ring[ix])) continue;
-                scalar_t& dst = plane[sr * gs[2] + sc * gs[3]];
-                dst = static_cast<acc_t>(dst) + src[ky * g.kw + kx];
+                scalar_t* px = sample + sr * gs[2] + sc * gs[3];
+                for (int64_t c = c0; c < c1; ++c) {
+                  scalar_t& dst = px[c * gs[1]];
+                  dst = static_cast<acc_t>(dst) + src[patch_column(g, taps_first, c, ky, kx)];
+                }
               }
             }
           }
@@ -323,6 +356,11 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
       });
     }
   });
+  if (gw.defined()) {
+    const auto corr = taps_first ? gw.view({g.o, g.kh, g.kw, g.c}).permute({0, 3, 1, 2})
+                                 : gw.view({g.o, g.c, g.kh, g.kw});
+    grad_weight_acc.add_(corr);
+  }
 }
 
 // t with the canonical strides of fmt (size-1 dims included, as at::empty makes them), so that
