@@ -102,6 +102,8 @@ SCHEDULE_CASES = [
     pytest.param((1, 130, 5, 7), "channels_last", id="cl-two-blocks"),        # 128 + 2 channels
     pytest.param((1, 32, 80, 80), "channels_last", id="cl-split"),            # 4 segments, 1 unit
     pytest.param((3, 64, 3, 5), "channels_last", id="cl-c64-short"),
+    pytest.param((2, 48, 7, 6), "channels_last", id="cl-c48"),                # 3 vectors
+    pytest.param((2, 96, 7, 6), "channels_last", id="cl-c96"),                # 6: params re-read
     pytest.param((2, 5, 6, 7), "strided", id="non-contiguous"),
 ]
 

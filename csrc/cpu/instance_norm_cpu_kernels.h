@@ -466,11 +466,39 @@ inline void rows_mean_m2(const A* __restrict x, index_t ld, index_t rows, index_
   }
 }
 
+// Up to four vectors of channels with their parameters held in registers across the rows
+// (the general loop re-reads them from L1 for every vector: 3 extra loads per store).
+template <int ACT, bool STREAM, index_t NV, typename A>
+inline void rows_apply_fixed(const A* __restrict x, index_t ldx, A* __restrict y, index_t ldy,
+                             index_t rows, const A* mean, const A* scale, const A* shift,
+                             A slope) {
+  using V = VecT<A>;
+  constexpr index_t L = Vec<A>::lanes;
+  V m[NV], sc[NV], sh[NV];
+  for (index_t v = 0; v < NV; ++v) {
+    m[v] = vload(mean + v * L);
+    sc[v] = vload(scale + v * L);
+    sh[v] = vload(shift + v * L);
+  }
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t v = 0; v < NV; ++v)
+      store<STREAM>(y + r * ldy + v * L,
+                    activate<ACT>(pre_activation_v(vload(x + r * ldx + v * L), m[v], sc[v], sh[v]),
+                                  slope));
+}
+
 template <int ACT, bool STREAM, typename A>
 inline void rows_apply(const A* __restrict x, index_t ldx, A* __restrict y, index_t ldy,
                        index_t rows, index_t cwp, const A* mean, const A* scale, const A* shift,
                        A slope) {
   constexpr index_t L = Vec<A>::lanes;
+  switch (cwp / L) {
+    case 1: return rows_apply_fixed<ACT, STREAM, 1>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+    case 2: return rows_apply_fixed<ACT, STREAM, 2>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+    case 3: return rows_apply_fixed<ACT, STREAM, 3>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+    case 4: return rows_apply_fixed<ACT, STREAM, 4>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+    default: break;
+  }
   for (index_t r = 0; r < rows; ++r) {
     for (index_t j = 0; j < cwp; j += L) {
       auto v = pre_activation_v(vload(x + r * ldx + j), vload(mean + j), vload(scale + j),
@@ -480,6 +508,9 @@ inline void rows_apply(const A* __restrict x, index_t ldx, A* __restrict y, inde
   }
 }
 
+// Row by row, NV vectors of channels: one sequential stream through the chunk. With more than
+// four vectors the per-channel parameters are re-read from L1 each row (holding them too would
+// need 5 NV registers and spill).
 template <int ACT, index_t NV, typename A>
 inline void rows_bwd_sums_fixed(const A* __restrict x, index_t ldx, const A* __restrict g,
                                 index_t ldg, index_t rows, const A* mean, const A* scale,
@@ -487,6 +518,7 @@ inline void rows_bwd_sums_fixed(const A* __restrict x, index_t ldx, const A* __r
                                 A* __restrict sum_dz_xc) {
   using V = VecT<A>;
   constexpr index_t L = Vec<A>::lanes;
+  constexpr bool hold = NV <= 4;
   V m[NV], sc[NV], sh[NV], s[NV] = {}, q[NV] = {};
   for (index_t v = 0; v < NV; ++v) {
     m[v] = vload(mean + v * L);
@@ -495,11 +527,14 @@ inline void rows_bwd_sums_fixed(const A* __restrict x, index_t ldx, const A* __r
   }
   for (index_t r = 0; r < rows; ++r) {
     for (index_t v = 0; v < NV; ++v) {
+      const V mv = hold ? m[v] : vload(mean + v * L);
+      const V scv = hold ? sc[v] : vload(scale + v * L);
+      const V shv = hold ? sh[v] : vload(shift + v * L);
       V x0 = vload(x + r * ldx + v * L);
-      V dz = activation_grad<ACT>(pre_activation_v(x0, m[v], sc[v], sh[v]),
+      V dz = activation_grad<ACT>(pre_activation_v(x0, mv, scv, shv),
                                   vload(g + r * ldg + v * L), slope);
       s[v] += dz;
-      q[v] += dz * (x0 - m[v]);
+      q[v] += dz * (x0 - mv);
     }
   }
   for (index_t v = 0; v < NV; ++v) {
@@ -522,8 +557,17 @@ inline void rows_bwd_sums(const A* __restrict x, index_t ldx, const A* __restric
     case 2:
       return rows_bwd_sums_fixed<ACT, 2>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
                                          sum_dz_xc);
+    case 3:
+      return rows_bwd_sums_fixed<ACT, 3>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
+                                         sum_dz_xc);
     case 4:
       return rows_bwd_sums_fixed<ACT, 4>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
+                                         sum_dz_xc);
+    case 6:
+      return rows_bwd_sums_fixed<ACT, 6>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
+                                         sum_dz_xc);
+    case 8:
+      return rows_bwd_sums_fixed<ACT, 8>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
                                          sum_dz_xc);
     default: break;
   }
@@ -552,12 +596,50 @@ inline void rows_bwd_sums(const A* __restrict x, index_t ldx, const A* __restric
   }
 }
 
+// As rows_apply_fixed: up to four vectors of channels, the six parameters in registers.
+template <int ACT, bool STREAM, index_t NV, typename A>
+inline void rows_bwd_apply_fixed(const A* __restrict x, index_t ldx, const A* __restrict g,
+                                 index_t ldg, A* __restrict dx, index_t ldd, index_t rows,
+                                 const A* mean, const A* scale, const A* shift, A slope,
+                                 const A* k, const A* c1, const A* c0) {
+  using V = VecT<A>;
+  constexpr index_t L = Vec<A>::lanes;
+  V m[NV], sc[NV], sh[NV], kv[NV], c1v[NV], c0v[NV];
+  for (index_t v = 0; v < NV; ++v) {
+    m[v] = vload(mean + v * L);
+    sc[v] = vload(scale + v * L);
+    sh[v] = vload(shift + v * L);
+    kv[v] = vload(k + v * L);
+    c1v[v] = vload(c1 + v * L);
+    c0v[v] = vload(c0 + v * L);
+  }
+  for (index_t r = 0; r < rows; ++r) {
+    for (index_t v = 0; v < NV; ++v) {
+      const V xv = vload(x + r * ldx + v * L);
+      const V dz = activation_grad<ACT>(pre_activation_v(xv, m[v], sc[v], sh[v]),
+                                        vload(g + r * ldg + v * L), slope);
+      store<STREAM>(dx + r * ldd + v * L, kv[v] * (dz + c1v[v] * (xv - m[v]) + c0v[v]));
+    }
+  }
+}
+
 template <int ACT, bool STREAM, typename A>
 inline void rows_bwd_apply(const A* __restrict x, index_t ldx, const A* __restrict g, index_t ldg,
                            A* __restrict dx, index_t ldd, index_t rows, index_t cwp,
                            const A* mean, const A* scale, const A* shift, A slope, const A* k,
                            const A* c1, const A* c0) {
   constexpr index_t L = Vec<A>::lanes;
+#define SF_BWD_APPLY_FIXED(NV)                                                                   \
+  return rows_bwd_apply_fixed<ACT, STREAM, NV>(x, ldx, g, ldg, dx, ldd, rows, mean, scale,      \
+                                               shift, slope, k, c1, c0)
+  switch (cwp / L) {
+    case 1: SF_BWD_APPLY_FIXED(1);
+    case 2: SF_BWD_APPLY_FIXED(2);
+    case 3: SF_BWD_APPLY_FIXED(3);
+    case 4: SF_BWD_APPLY_FIXED(4);
+    default: break;
+  }
+#undef SF_BWD_APPLY_FIXED
   for (index_t r = 0; r < rows; ++r) {
     for (index_t j = 0; j < cwp; j += L) {
       auto m = vload(mean + j);
