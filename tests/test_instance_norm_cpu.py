@@ -153,12 +153,21 @@ def test_large_mean_small_spread():
 # --------------------------------------------------------------------------------------------
 # Instruction-set levels and streaming stores
 
-LEVELS = ["default", "avx2", "avx512"]
+LEVELS = ["default", "avx2", "avx512", "avx512_bf16"]
+BF16 = "avx512_bf16"  # AVX-512 + AVX512-BF16: float -> bfloat16 with vcvtne(2)ps2bf16
 
 
-def _supported_levels():
+def _supported_levels(monkeypatch=None):
+    if monkeypatch is not None:
+        monkeypatch.delenv("STYLIZE_FAST_CPU_ISA", raising=False)
+        monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     best = ops.instance_norm_cpu_isa()
     return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else [best]
+
+
+def _need_bf16_level(monkeypatch):
+    if BF16 not in _supported_levels(monkeypatch):
+        pytest.skip("this CPU has no AVX512-BF16 (avx512_bf16 level)")
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -167,19 +176,140 @@ def test_each_instruction_set(level, monkeypatch):
         pytest.skip(f"this CPU does not run {level}")
     monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
     assert ops.instance_norm_cpu_isa() == level
-    for dtype, shape, layout in ((torch.float32, (2, 3, 17, 19), "contiguous"),
-                                 (torch.float16, (2, 3, 17, 19), "contiguous"),
-                                 (torch.bfloat16, (2, 24, 9, 9), "channels_last"),
-                                 (torch.float64, (2, 16, 5, 5), "channels_last")):
+    for dtype, shape, layout, act in ((torch.float32, (2, 3, 17, 19), "contiguous", LEAKY),
+                                      (torch.float32, (2, 3, 17, 19), "contiguous", RELU),
+                                      (torch.float16, (2, 3, 17, 19), "contiguous", LEAKY),
+                                      (torch.bfloat16, (2, 3, 17, 19), "contiguous", LEAKY),
+                                      (torch.bfloat16, (2, 3, 17, 19), "contiguous", RELU),
+                                      (torch.bfloat16, (2, 24, 9, 9), "channels_last", LEAKY),
+                                      (torch.float64, (2, 16, 5, 5), "channels_last", LEAKY)):
         x = make_input(shape, dtype, layout)
         w, b = _affine("channel", shape[0], shape[1], dtype)
-        _check_op(x, w, b, LEAKY, 0.1)
+        _check_op(x, w, b, act, 0.1)
 
 
-def test_bad_isa_variable(monkeypatch):
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", "sse9")
-    with pytest.raises(RuntimeError, match="STYLIZE_FAST_CPU_ISA"):
+@pytest.mark.parametrize("value", ["sse9", "avx512bf16", "AVX512_BF16", "avx512-bf16"])
+def test_bad_isa_variable(value, monkeypatch):
+    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", value)
+    with pytest.raises(RuntimeError, match="STYLIZE_FAST_CPU_ISA must be one of default, avx2, "
+                                           "avx512, avx512_bf16"):
         ops.instance_norm_fwd(make_input((1, 2, 3, 3)), None, None, 1e-5, 0, 0.0)
+
+
+def test_avx512_bf16_level_is_reported(monkeypatch):
+    _need_bf16_level(monkeypatch)
+    assert ops.instance_norm_cpu_isa() == BF16  # the CPU's best when nothing caps it
+    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", BF16)
+    assert ops.instance_norm_cpu_isa() == BF16
+    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", "avx512")  # still caps below the BF16 level
+    assert ops.instance_norm_cpu_isa() == "avx512"
+
+
+# Level 3 (avx512_bf16) differs from the others only in float -> bfloat16 rounding: same
+# round-to-nearest-even, but a subnormal float becomes a signed zero and a NaN keeps its sign
+# and payload (quieted) where c10::BFloat16(float) gives a bfloat16 subnormal / 0x7FC0.
+
+BF16_CASES = [
+    pytest.param((2, 3, 17, 19), "contiguous", id="nchw-tails"),             # 323: pairs + tail
+    pytest.param((1, 2, 300, 300), "contiguous", id="nchw-split"),           # 2 segments
+    pytest.param((3, 5, 64, 64), "contiguous", id="nchw-fused"),
+    pytest.param((2, 24, 9, 9), "channels_last", id="cl-c24"),
+    pytest.param((2, 5, 6, 7), "strided", id="non-contiguous"),
+]
+
+
+@pytest.mark.parametrize("shape,layout", BF16_CASES)
+@pytest.mark.parametrize("act", [0, RELU, LEAKY])
+def test_avx512_bf16_level_against_reference(shape, layout, act, monkeypatch):
+    _need_bf16_level(monkeypatch)
+    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", BF16)
+    x = make_input(shape, torch.bfloat16, layout)
+    w, b = _affine("sample", shape[0], shape[1], torch.bfloat16)
+    _check_op(x, w, b, act, 0.1)
+
+
+def _ordered(bits):
+    """bfloat16 bit patterns (int16) -> integers whose differences count ulps (-0 == +0)."""
+    b = bits.to(torch.int32)
+    return torch.where(b < 0, -(b & 0x7FFF), b)
+
+
+@pytest.mark.parametrize("shape,layout", BF16_CASES)
+def test_avx512_bf16_level_within_one_ulp_of_avx512(shape, layout, monkeypatch):
+    _need_bf16_level(monkeypatch)
+    x = make_input(shape, torch.bfloat16, layout)
+    w, b = _affine("channel", shape[0], shape[1], torch.bfloat16)
+    gy = make_input(shape, torch.bfloat16, generator=torch.Generator().manual_seed(3))
+    runs = {}
+    for level in ("avx512", BF16):
+        monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+        y, m, r = ops.instance_norm_fwd(x, w, b, 1e-5, LEAKY, 0.1)
+        gx, gw, gb = ops.instance_norm_bwd(gy, x, w, b, m, r, LEAKY, 0.1, [True] * 3)
+        runs[level] = (y, gx, m, r, gw, gb)
+    for name, a, c in zip(("output", "grad_input"), runs["avx512"][:2], runs[BF16][:2]):
+        assert a.isfinite().all() and c.isfinite().all()
+        ulps = (_ordered(a.contiguous().view(torch.int16)) -
+                _ordered(c.contiguous().view(torch.int16))).abs().max().item()
+        assert ulps <= 1, f"{name}: level 3 and level 2 differ by {ulps} bfloat16 ulps"
+    # The statistics and the float32 parameter gradients do not depend on the level.
+    for a, c in zip(runs["avx512"][2:], runs[BF16][2:]):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("act", [RELU, LEAKY])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 3, 16, 16)], ids=["tail", "pairs"])
+def test_bf16_nan_stays_nan(level, act, shape, monkeypatch):
+    if level not in _supported_levels(monkeypatch):
+        pytest.skip(f"this CPU does not run {level}")
+    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    x = make_input(shape, torch.bfloat16)
+    x[0, 1, 2, 3] = float("nan")  # plane (0, 1): NaN mean, so every pre-activation is NaN
+    neg_nan = torch.tensor([-0x3F], dtype=torch.int16).view(torch.bfloat16)  # 0xFFC1
+    x[-1, 2, 1, 1] = neg_nan[0]  # a negative NaN with a payload: relu must not make it 0
+    y, _, _ = ops.instance_norm_fwd(x, None, None, 1e-5, act, 0.1)
+    nan_planes = torch.zeros(shape[:2], dtype=torch.bool)
+    nan_planes[0, 1] = nan_planes[-1, 2] = True
+    assert y[nan_planes].isnan().all(), "a NaN pre-activation must stay NaN"
+    assert not y[~nan_planes].isnan().any()
+    bits = y[nan_planes].view(torch.int16)
+    if level != BF16:  # c10::BFloat16(float): every NaN becomes 0x7FC0
+        assert (bits == 0x7FC0).all()
+
+
+def _c10_bf16_bits(f):
+    """c10::BFloat16(float) on float32 values, as int16 bit patterns: round to nearest even on
+    the integer bits, NaN -> 0x7FC0 (written out here, independent of torch's own conversion)."""
+    u = f.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    r = torch.where(f.isnan(), torch.full_like(r, 0x7FC0), r)
+    return torch.where(r >= 0x8000, r - 0x10000, r).to(torch.int16)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 9, 7), (1, 2, 32, 32)], ids=["tail", "pairs"])
+def test_bf16_subnormal_outputs(shape, monkeypatch):
+    """Documents the level-3 deviation: a pre-activation that is a subnormal float becomes a
+    signed zero at avx512_bf16 and a bfloat16 subnormal (as c10 rounds it) below; everything
+    else rounds identically."""
+    _need_bf16_level(monkeypatch)
+    x = make_input(shape, torch.bfloat16)
+    w = torch.tensor([1e-39, 1.0])  # plane 0: scale = rstd * 1e-39, subnormal pre-activations
+    outs = {}
+    for level in ("avx512", BF16):
+        monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+        y, mean, rstd = ops.instance_norm_fwd(x, w, None, 1e-5, 0, 0.0)
+        outs[level] = y.view(torch.int16)
+    # The kernel's float pre-activation: (x - mean) * (rstd * w) (+ 0), one rounding each.
+    scale = (rstd * w).reshape(1, 2, 1, 1)
+    pre = (x.float() - mean.reshape(1, 2, 1, 1)) * scale
+    subnormal = (pre != 0) & (pre.abs() < torch.finfo(torch.float32).tiny)
+    assert subnormal[0, 0].float().mean() > 0.9 and not subnormal[0, 1].any()
+    assert torch.equal(outs["avx512"], _c10_bf16_bits(pre))
+    assert (outs["avx512"][subnormal] & 0x7FFF != 0).any(), "expected bfloat16 subnormals"
+    sign = torch.where(pre < 0, torch.tensor(-0x8000, dtype=torch.int16),
+                       torch.tensor(0, dtype=torch.int16))
+    want = torch.where(subnormal, sign, _c10_bf16_bits(pre))
+    assert torch.equal(outs[BF16], want)
 
 
 @pytest.mark.parametrize("shape,layout", [
@@ -187,7 +317,7 @@ def test_bad_isa_variable(monkeypatch):
     pytest.param((2, 32, 9, 9), "channels_last", id="cl-aligned-rows"),
     pytest.param((2, 24, 9, 9), "channels_last", id="cl-unaligned-rows"),
 ])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_streaming_stores_same_bits(shape, layout, dtype, monkeypatch):
     x = make_input(shape, dtype, layout)
     w, b = _affine("channel", shape[0], shape[1], dtype)
@@ -211,10 +341,11 @@ def test_streaming_stores_same_bits(shape, layout, dtype, monkeypatch):
     pytest.param((4, 8, 33, 31), "contiguous", id="nchw-fused"),
     pytest.param((1, 32, 80, 80), "channels_last", id="cl-split"),
 ])
-def test_deterministic(shape, layout):
-    x = make_input(shape, torch.float32, layout)
-    w, b = _affine("channel", shape[0], shape[1], torch.float32)
-    gy = make_input(shape, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deterministic(shape, layout, dtype):
+    x = make_input(shape, dtype, layout)
+    w, b = _affine("channel", shape[0], shape[1], dtype)
+    gy = make_input(shape, dtype)
 
     def run():
         y, m, r = ops.instance_norm_fwd(x, w, b, 1e-5, LEAKY, 0.1)

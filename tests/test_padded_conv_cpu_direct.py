@@ -38,7 +38,7 @@ ops = torch.ops.stylize_fast
 MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
 FEW_OUT = 8  # output channels the kernel always takes (kFewOut)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-LEVELS = ["default", "avx2", "avx512"]
+LEVELS = ["default", "avx2", "avx512", "avx512_bf16"]  # avx512_bf16 runs the avx512 conv kernels
 # Input layouts: make_input's three, plus views the kernel must read through their strides.
 LAYOUTS = ["contiguous", "channels_last", "strided", "sliced", "permuted", "channels_last_sliced",
            "channels_last_offset"]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
 
 MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
 F_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
-LEVELS = ["default", "avx2", "avx512"]
+LEVELS = ["default", "avx2", "avx512", "avx512_bf16"]  # avx512_bf16 runs the avx512 conv kernels
 
 
 def _op():

@@ -15,9 +15,10 @@ int parse_level(const char* name, const char* value) {
   if (v == "default") return 0;
   if (v == "avx2") return 1;
   if (v == "avx512") return 2;
+  if (v == "avx512_bf16") return 3;
   TORCH_CHECK(std::strcmp(name, "ATEN_CPU_CAPABILITY") == 0, "environment variable ", name,
-              " must be one of default, avx2, avx512 (or unset), got '", v, "'");
-  return 2;  // torch's other capability names (sve, zvector, ...) do not cap x86 levels
+              " must be one of default, avx2, avx512, avx512_bf16 (or unset), got '", v, "'");
+  return 3;  // torch's other capability names (sve, zvector, ...) do not cap x86 levels
 }
 
 }  // namespace
@@ -28,7 +29,7 @@ int cpu_isa_supported() {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return 2;
+      return __builtin_cpu_supports("avx512bf16") ? 3 : 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c"))
       return 1;
@@ -51,7 +52,12 @@ int cpu_isa_level() {
 }
 
 const char* cpu_isa_name(int level) {
-  return level >= 2 ? "avx512" : level == 1 ? "avx2" : "default";
+  switch (level) {
+    case 0: return "default";
+    case 1: return "avx2";
+    case 2: return "avx512";
+    default: return "avx512_bf16";
+  }
 }
 
 }  // namespace stylize_fast

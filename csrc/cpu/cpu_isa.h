@@ -1,9 +1,12 @@
 // Which x86 vector instruction-set level the CPU kernels run at, shared by every op that carries
 // per-level kernel copies (instance norm, padded convolution).
 //
-// Levels: 0 baseline (SSE2, or any non-x86 CPU), 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ).
-// The level is the CPU's best, capped by STYLIZE_FAST_CPU_ISA (else torch's ATEN_CPU_CAPABILITY)
-// = default | avx2 | avx512 when set; read on every call so tests can switch it.
+// Levels: 0 baseline (SSE2, or any non-x86 CPU), 1 AVX2 + FMA + F16C, 2 AVX-512 (F, BW, VL, DQ),
+// 3 AVX-512 + AVX512-BF16 (level 2 plus the float -> bfloat16 conversion instructions). Code
+// without a level-3 copy runs its level-2 one there (test `level >= 2`).
+// The level is the CPU's best, capped by STYLIZE_FAST_CPU_ISA = default | avx2 | avx512 |
+// avx512_bf16 (else by torch's ATEN_CPU_CAPABILITY, whose avx512 also caps at level 2) when set;
+// read on every call so tests can switch it.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -19,7 +22,7 @@ namespace stylize_fast {
 int cpu_isa_supported();
 // The level to run: cpu_isa_supported() capped by the environment (see above).
 int cpu_isa_level();
-// "default", "avx2" or "avx512".
+// "default", "avx2", "avx512" or "avx512_bf16".
 const char* cpu_isa_name(int level);
 
 }  // namespace stylize_fast

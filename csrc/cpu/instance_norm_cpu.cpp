@@ -19,17 +19,20 @@
 //            in parallel, fold per unit, then apply in parallel. Each thread gets the same
 //            task range in both passes and walks its segments backwards in the second, so the
 //            data it read last is still in cache.
-// Outputs larger than the last-level cache are written with streaming stores.
+// Outputs larger than the last-level cache are written with streaming stores (float / double;
+// bfloat16 in the NCHW forward).
 // The backward recomputes the activation mask from x, mean, rstd, w, b (the output is not
 // saved), reduces sum(dz) and sum(dz * (x - mean)) per (n, c) the same way, and writes
 //   dx = rstd*w * (dz - mean(dz) - xhat * mean(dz * xhat)) = k * (dz + c1*(x - mean) + c0).
 // dgamma / dbeta come from per-(n, c) partial sums reduced over n in a fixed order: no atomics.
 //
 // Vector code: instance_norm_cpu_kernels.h is compiled here once per x86 level (baseline,
-// AVX2, AVX-512) and the level is picked at run time from the CPU, so the build runs fast on any
-// x86-64 machine. STYLIZE_FAST_CPU_ISA (or torch's ATEN_CPU_CAPABILITY) = default | avx2 |
-// avx512 caps the level (read on every call: tests switch it); instance_norm_cpu_isa() says
-// which one runs. STYLIZE_FAST_CPU_STREAM_BYTES overrides the streaming-store threshold.
+// AVX2, AVX-512, AVX-512 + BF16) and the level is picked at run time from the CPU, so the build
+// runs fast on any x86-64 machine. STYLIZE_FAST_CPU_ISA (or torch's ATEN_CPU_CAPABILITY) =
+// default | avx2 | avx512 | avx512_bf16 caps the level (read on every call: tests switch it);
+// instance_norm_cpu_isa() says which one runs. The avx512_bf16 level differs from the others
+// only in how float becomes bfloat16 (see the kernels' header: subnormals, NaN payloads).
+// STYLIZE_FAST_CPU_STREAM_BYTES overrides the streaming-store threshold.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -62,8 +65,10 @@
 // 64-byte vector values never cross a non-inlined call between levels; silence GCC's note
 // that their ABI would differ.
 #pragma GCC diagnostic ignored "-Wpsabi"
-// GCC 12's _mm512_cvtps_ph leaves an intentionally undefined source vector; not our bug.
+// GCC 12's _mm512_cvtps_ph / _mm512_cvtph_ps leave an intentionally undefined source vector;
+// not our bug.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace stylize_fast {
@@ -106,8 +111,9 @@ struct TaskPos {
 
 inline TaskPos locate(const Geometry& g, index_t t) {
   TaskPos p;
-  p.unit = t / g.segs;
-  p.seg = t % g.segs;
+  // One segment per unit is the common case; skip a 64-bit division there (it runs per task).
+  p.unit = g.segs == 1 ? t : t / g.segs;
+  p.seg = g.segs == 1 ? 0 : t % g.segs;
   p.n = p.unit / g.blocks;
   p.c0 = (p.unit % g.blocks) * g.block;
   p.cw = std::min(g.block, g.C - p.c0);
@@ -121,6 +127,12 @@ inline index_t round_up(index_t v, index_t m) { return (v + m - 1) / m * m; }
 // Chan et al.'s pairwise update: fold a block (count nb, mean mb, m2b) into (na, ma, m2a).
 inline void chan_combine(double& na, double& ma, double& m2a, double nb, double mb, double m2b) {
   if (nb == 0) return;
+  if (na == 0) {  // the update below, for an empty (na, ma, m2a), without its 2 divisions
+    na = nb;
+    ma = mb;
+    m2a = m2b;
+    return;
+  }
   const double n = na + nb;
   const double delta = mb - ma;
   ma += delta * (nb / n);
@@ -207,13 +219,25 @@ namespace isa_avx512 {
 #undef SF_ISA_LEVEL
 }  // namespace isa_avx512
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
+namespace isa_avx512_bf16 {
+#define SF_ISA_LEVEL 3
+#define SF_ISA_NAME "avx512_bf16"
+#include "instance_norm_cpu_kernels.h"
+#undef SF_ISA_NAME
+#undef SF_ISA_LEVEL
+}  // namespace isa_avx512_bf16
+#pragma GCC pop_options
 #endif
 
 // The table for the level in use (cpu/cpu_isa.h: the CPU's best, capped by the environment).
 const KernelTable& kernels() {
   const int level = cpu_isa_level();
 #if SF_MULTI_ISA
-  if (level >= 2) return isa_avx512::kernel_table;
+  if (level >= 3) return isa_avx512_bf16::kernel_table;
+  if (level == 2) return isa_avx512::kernel_table;
   if (level == 1) return isa_avx2::kernel_table;
 #endif
   return isa_default::kernel_table;
@@ -331,10 +355,13 @@ int64_t stream_threshold_bytes() {
   return llc;
 }
 
-// Whether the output can be streamed: a float / double output written in place, large enough,
-// with 64-byte aligned rows for channels_last (NCHW planes align themselves).
-bool use_streaming(const at::Tensor& out, const Geometry& g) {
-  if (out.scalar_type() != at::kFloat && out.scalar_type() != at::kDouble) return false;
+// Whether the output can be streamed: large enough, and a float / double output written in place
+// with 64-byte aligned rows for channels_last (NCHW planes align themselves), or the NCHW
+// bfloat16 forward output (its vector stores are 64 bytes of rounded values).
+bool use_streaming(const at::Tensor& out, const Geometry& g, bool forward) {
+  const bool bf16_nchw_fwd = forward && out.scalar_type() == at::kBFloat16 && !g.channels_last;
+  if (out.scalar_type() != at::kFloat && out.scalar_type() != at::kDouble && !bf16_nchw_fwd)
+    return false;
   if (int64_t(out.nbytes()) < stream_threshold_bytes()) return false;
   if (!g.channels_last) return true;
   return (reinterpret_cast<uintptr_t>(out.data_ptr()) & 63) == 0 &&
@@ -424,7 +451,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
              weight.defined() ? weight.const_data_ptr() : nullptr,
              bias.defined() ? bias.const_data_ptr() : nullptr,
              weight.defined() && weight.dim() == 2, bias.defined() && bias.dim() == 2,
-             seg_mean.data(), seg_m2.data(), use_streaming(output, g)};
+             seg_mean.data(), seg_m2.data(), use_streaming(output, g, /*forward=*/true)};
   const KernelTable& k = kernels();
   std::function<void(index_t, index_t)> stats = [&](index_t t0, index_t t1) {
     k.fwd_stats(job, t0, t1);
@@ -499,7 +526,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd(
              bias.defined() ? bias.const_data_ptr() : nullptr,
              weight.defined() && weight.dim() == 2, bias.defined() && bias.dim() == 2,
              seg_sum_dz.data(), seg_sum_dz_xc.data(), coef.data_ptr(),
-             want_input && use_streaming(grad_input, g)};
+             want_input && use_streaming(grad_input, g, /*forward=*/false)};
   const KernelTable& k = kernels();
   std::function<void(index_t, index_t)> sums = [&](index_t t0, index_t t1) {
     k.bwd_sums(job, t0, t1);

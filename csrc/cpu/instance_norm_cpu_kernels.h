@@ -5,7 +5,8 @@
 //   SF_ISA_LEVEL 0  baseline x86-64 (SSE2) or any non-x86 CPU
 //   SF_ISA_LEVEL 1  AVX2 + FMA + F16C
 //   SF_ISA_LEVEL 2  AVX-512 (F, BW, VL, DQ)
-// so one build carries all three and the .cpp picks one at run time (no -march=native).
+//   SF_ISA_LEVEL 3  AVX-512 + AVX512-BF16: level 2, but float -> bfloat16 with vcvtne(2)ps2bf16
+// so one build carries all four and the .cpp picks one at run time (no -march=native).
 // It relies on the types declared before the include in the .cpp (index_t, Geometry, FwdJob,
 // BwdJob, DType, kChunk, kMaxBlock).
 //
@@ -13,10 +14,68 @@
 // as the level allows) with several independent accumulators, so reductions vectorise without
 // -ffast-math and keep a fixed summation order (bit-reproducible for a given level).
 // All arithmetic happens on float (double for float64) chunks of at most kChunk elements that
-// stay in L1; bfloat16/float16 chunks are converted into a small buffer first.
+// stay in L1; bfloat16/float16 chunks are converted into a small buffer first, except on the
+// NCHW forward path, which widens bfloat16 in registers (load_pairs / store_pairs).
+//
+// float -> bfloat16 rounds to nearest even at every level. Levels 0-2 are bit-identical to
+// c10::BFloat16(float). Level 3 uses the AVX512-BF16 instructions, which differ in two corner
+// cases: a subnormal float becomes a signed zero (c10 rounds it to a bfloat16 subnormal), and a
+// NaN keeps its sign and payload, quieted (c10 gives 0x7FC0). It stays a NaN either way.
 
 // ------------------------------------------------------------------------------------------
 // Vectors
+
+#ifndef SF_ALWAYS_INLINE
+// For helpers that take or return 64-byte vectors: out of line, those go through memory at
+// levels 0 and 1.
+#define SF_ALWAYS_INLINE inline __attribute__((always_inline))
+#endif
+
+// Register-wide pieces. At levels 0 and 1 a 64-byte vector is four xmm / two ymm, and GCC 12
+// handles some operations on the whole of it badly: a compare or a select is lowered lane by
+// lane with branches, and a memcpy of it to memory goes through the stack (8-byte moves that
+// defeat store forwarding). Those run on register-wide pieces instead, taken through a
+// may_alias view so that the vector stays in registers.
+#if SF_ISA_LEVEL >= 2
+constexpr int kNativeBytes = 64;
+#elif SF_ISA_LEVEL == 1
+constexpr int kNativeBytes = 32;
+#else
+constexpr int kNativeBytes = 16;
+#endif
+
+template <typename W>
+SF_ALWAYS_INLINE auto native_piece(const W& w, int k) {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(w[0])>>;
+  typedef T N __attribute__((vector_size(kNativeBytes), __may_alias__));
+  return reinterpret_cast<const N*>(&w)[k];
+}
+
+// The R whose k-th register-wide piece is f(k-th pieces of w...).
+template <typename R, typename F, typename... W>
+SF_ALWAYS_INLINE R by_pieces(F f, const W&... w) {
+  R out;
+  for (int k = 0; k < int(sizeof(R)) / kNativeBytes; ++k) {
+    const auto piece = f(native_piece(w, k)...);
+    static_assert(sizeof(piece) == kNativeBytes);
+    typedef std::remove_cv_t<decltype(piece)> P __attribute__((__may_alias__));
+    reinterpret_cast<P*>(&out)[k] = piece;
+  }
+  return out;
+}
+
+// The vector w to (unaligned) p, a register-wide piece at a time.
+template <typename W>
+SF_ALWAYS_INLINE void store_vec(void* p, const W& w) {
+  if constexpr (sizeof(W) <= kNativeBytes) {
+    __builtin_memcpy(p, &w, sizeof(W));
+  } else {
+    for (int k = 0; k < int(sizeof(W)) / kNativeBytes; ++k) {
+      const auto piece = native_piece(w, k);
+      __builtin_memcpy(static_cast<char*>(p) + k * kNativeBytes, &piece, kNativeBytes);
+    }
+  }
+}
 
 template <typename T>
 struct Vec;
@@ -40,8 +99,8 @@ inline VecT<T> vload(const T* p) {
   return v;
 }
 template <typename T>
-inline void vstore(T* p, VecT<T> v) {
-  __builtin_memcpy(p, &v, sizeof(v));
+SF_ALWAYS_INLINE void vstore(T* p, VecT<T> v) {
+  store_vec(p, v);
 }
 // A store that bypasses the caches (p 64-byte aligned): for outputs far larger than the last
 // level cache, it saves reading every output line before writing it (no read-for-ownership).
@@ -94,26 +153,67 @@ inline T hsum(VecT<T> v) {
   return s;
 }
 
-// Activations, written once for scalars and vectors (GCC's vector ?: selects per lane).
-// relu keeps NaN (like torch.relu); the backward masks match PyTorch's: grad flows where the
-// pre-activation is > 0, and is scaled by the slope elsewhere for leaky_relu.
+// The same sum as a tree (lanes i and i + w added for w = 8, 4, 2, 1): 4 dependent adds
+// instead of 16, for the short bfloat16 chunk loops where hsum's latency shows.
+SF_ALWAYS_INLINE float hsum_tree(VecT<float> v) {
+#if SF_ISA_LEVEL >= 2
+  return _mm512_reduce_add_ps((__m512)v);  // the same tree, in registers
+#endif
+  float t[16];
+  __builtin_memcpy(t, &v, sizeof(t));
+  for (int w = 8; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
+}
+
+// max(0, p) on one register-wide piece. x86 MAX returns its second operand when either is NaN
+// or both are zero, so this is exactly `p < 0 ? 0 : p` (NaN and -0 pass through, like
+// torch.relu) in one instruction instead of a compare and a masked move.
+template <typename N>
+SF_ALWAYS_INLINE N max0(N p) {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(p[0])>>;
+  constexpr bool f32 = std::is_same_v<T, float>;
+#if SF_ISA_LEVEL >= 2
+  if constexpr (f32) return (N)_mm512_max_ps(_mm512_setzero_ps(), (__m512)p);
+  else return (N)_mm512_max_pd(_mm512_setzero_pd(), (__m512d)p);
+#elif SF_ISA_LEVEL == 1
+  if constexpr (f32) return (N)_mm256_max_ps(_mm256_setzero_ps(), (__m256)p);
+  else return (N)_mm256_max_pd(_mm256_setzero_pd(), (__m256d)p);
+#elif defined(__SSE2__)
+  if constexpr (f32) return (N)_mm_max_ps(_mm_setzero_ps(), (__m128)p);
+  else return (N)_mm_max_pd(_mm_setzero_pd(), (__m128d)p);
+#else
+  (void)f32;
+  return p < N{} ? N{} : p;
+#endif
+}
+
+// Activations, written once for scalars and vectors. relu keeps NaN (like torch.relu); the
+// backward masks match PyTorch's: grad flows where the pre-activation is > 0, and is scaled by
+// the slope elsewhere for leaky_relu.
 template <int ACT, typename V, typename A>
-inline V activate(V v, A slope) {
+SF_ALWAYS_INLINE V activate(V v, A slope) {
   if constexpr (ACT == 1) {
-    return v < V{} ? V{} : v;
+    if constexpr (std::is_arithmetic_v<V>) return v < V{} ? V{} : v;
+    else return by_pieces<V>([](auto p) { return max0(p); }, v);
   } else if constexpr (ACT == 2) {
-    return v < V{} ? v * slope : v;
+    if constexpr (std::is_arithmetic_v<V>) return v < V{} ? v * slope : v;
+    else return by_pieces<V>([slope](auto p) { return p < decltype(p){} ? p * slope : p; }, v);
   } else {
     (void)slope;
     return v;
   }
 }
 template <int ACT, typename V, typename A>
-inline V activation_grad(V pre, V g, A slope) {
+SF_ALWAYS_INLINE V activation_grad(V pre, V g, A slope) {
   if constexpr (ACT == 1) {
-    return pre > V{} ? g : V{};
+    if constexpr (std::is_arithmetic_v<V>) return pre > V{} ? g : V{};
+    else return by_pieces<V>([](auto p, auto q) { return p > decltype(p){} ? q : decltype(q){}; },
+                             pre, g);
   } else if constexpr (ACT == 2) {
-    return pre > V{} ? g : g * slope;
+    if constexpr (std::is_arithmetic_v<V>) return pre > V{} ? g : g * slope;
+    else return by_pieces<V>([slope](auto p, auto q) { return p > decltype(p){} ? q : q * slope; },
+                             pre, g);
   } else {
     (void)pre;
     (void)slope;
@@ -135,8 +235,7 @@ inline void convert(const c10::BFloat16* src, float* dst, index_t n) {
   for (; i + 16 <= n; i += 16) {
     U16x16 h;
     __builtin_memcpy(&h, s + i, sizeof(h));
-    U32x16 w = __builtin_convertvector(h, U32x16) << 16;
-    __builtin_memcpy(dst + i, &w, sizeof(w));
+    store_vec(dst + i, __builtin_convertvector(h, U32x16) << 16);
   }
   for (; i < n; ++i) {
     uint32_t w = uint32_t(s[i]) << 16;
@@ -144,21 +243,36 @@ inline void convert(const c10::BFloat16* src, float* dst, index_t n) {
   }
 }
 
+// Levels 0-2: c10::BFloat16(float) on integer bits (round to nearest even, NaN -> 0x7FC0), the
+// bfloat16 left in the high half of each lane (the low half is garbage).
+SF_ALWAYS_INLINE U32x16 bf16_round_hi(F32x16 f) {
+  const U32x16 u = (U32x16)f;  // a vector cast reinterprets the bits
+  const U32x16 r = u + 0x7FFFu + ((u >> 16) & 1u);
+  // The add above would carry a NaN's payload into the exponent (even into the sign).
+  return by_pieces<U32x16>(
+      [](auto fp, auto rp) { return fp != fp ? decltype(rp){} + 0x7FC00000u : rp; }, f, r);
+}
+
 inline void convert(const float* src, c10::BFloat16* dst, index_t n) {
-  // Round to nearest even, NaN -> 0x7FC0: bit-identical to c10::BFloat16(float).
   uint16_t* d = reinterpret_cast<uint16_t*>(dst);
   index_t i = 0;
+#if SF_ISA_LEVEL >= 3
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {  // masked, so that the tail rounds like the body
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(d + i, m,
+                             (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+  }
+#else
   for (; i + 16 <= n; i += 16) {
     F32x16 f;
-    U32x16 u;
     __builtin_memcpy(&f, src + i, sizeof(f));
-    __builtin_memcpy(&u, src + i, sizeof(u));
-    U32x16 r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    r = (f != f) ? (U32x16{} + 0x7FC0u) : r;
-    U16x16 h = __builtin_convertvector(r, U16x16);
-    __builtin_memcpy(d + i, &h, sizeof(h));
+    store_vec(d + i, __builtin_convertvector(bf16_round_hi(f) >> 16, U16x16));
   }
   for (; i < n; ++i) d[i] = c10::BFloat16(src[i]).x;
+#endif
 }
 
 inline void convert(const c10::Half* src, float* dst, index_t n) {
@@ -197,21 +311,17 @@ inline void convert(const float* src, c10::Half* dst, index_t n) {
 }
 
 // One vector of float from / to 16 bfloat16 or float16 values (same rounding as convert()).
-inline F32x16 load_as_float(const c10::BFloat16* p) {
+SF_ALWAYS_INLINE F32x16 load_as_float(const c10::BFloat16* p) {
   U16x16 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  U32x16 w = __builtin_convertvector(h, U32x16) << 16;
-  F32x16 f;
-  __builtin_memcpy(&f, &w, sizeof(f));
-  return f;
+  return (F32x16)(__builtin_convertvector(h, U32x16) << 16);
 }
-inline void store_from_float(c10::BFloat16* p, F32x16 f) {
-  U32x16 u;
-  __builtin_memcpy(&u, &f, sizeof(u));
-  U32x16 r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  r = (f != f) ? (U32x16{} + 0x7FC0u) : r;
-  U16x16 h = __builtin_convertvector(r, U16x16);
-  __builtin_memcpy(p, &h, sizeof(h));
+SF_ALWAYS_INLINE void store_from_float(c10::BFloat16* p, F32x16 f) {
+#if SF_ISA_LEVEL >= 3
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh((__m512)f));
+#else
+  store_vec(p, __builtin_convertvector(bf16_round_hi(f) >> 16, U16x16));
+#endif
 }
 inline F32x16 load_as_float(const c10::Half* p) {
   F32x16 f;
@@ -220,6 +330,55 @@ inline F32x16 load_as_float(const c10::Half* p) {
 }
 inline void store_from_float(c10::Half* p, F32x16 f) {
   convert(reinterpret_cast<const float*>(&f), p, 16);
+}
+
+// 32 bfloat16 values as two float vectors: even = elements 0, 2, ..., 30 and odd = 1, 3, ..., 31.
+// Each 32-bit lane holds an even value in its low half and the next odd one in its high half,
+// so a shift and a mask widen both; loading 16 values in order needs a cross-lane widening.
+SF_ALWAYS_INLINE void load_pairs(const c10::BFloat16* p, F32x16& even, F32x16& odd) {
+  U32x16 u;
+  __builtin_memcpy(&u, p, sizeof(u));
+  even = (F32x16)(u << 16);
+  odd = (F32x16)(u & 0xFFFF0000u);
+}
+
+#if SF_ISA_LEVEL >= 3
+// Word k of the packed [even 0..15 | odd 0..15] that goes to position j: even j/2 or odd j/2.
+alignas(64) constexpr uint16_t kInterleavePairs[32] = {
+    0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+    8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+#endif
+
+// 64 bytes to p, bypassing the caches when STREAM (p then 64-byte aligned).
+template <bool STREAM>
+SF_ALWAYS_INLINE void store_bytes64(void* p, U32x16 w) {
+  if constexpr (STREAM) {
+#if SF_ISA_LEVEL >= 2
+    _mm512_stream_si512(static_cast<__m512i*>(p), (__m512i)w);
+#elif SF_ISA_LEVEL == 1
+    _mm256_stream_si256(static_cast<__m256i*>(p), reinterpret_cast<__m256i*>(&w)[0]);
+    _mm256_stream_si256(static_cast<__m256i*>(p) + 1, reinterpret_cast<__m256i*>(&w)[1]);
+#elif defined(__SSE2__)
+    for (int k = 0; k < 4; ++k)
+      _mm_stream_si128(static_cast<__m128i*>(p) + k, reinterpret_cast<__m128i*>(&w)[k]);
+#else
+    store_vec(p, w);
+#endif
+  } else {
+    store_vec(p, w);
+  }
+}
+
+// The inverse of load_pairs, rounding to bfloat16 (one instruction for all 32 at level 3).
+template <bool STREAM = false>
+SF_ALWAYS_INLINE void store_pairs(c10::BFloat16* p, F32x16 even, F32x16 odd) {
+#if SF_ISA_LEVEL >= 3
+  const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh((__m512)odd, (__m512)even);
+  store_bytes64<STREAM>(p, (U32x16)_mm512_permutexvar_epi16(
+                                 _mm512_load_si512(kInterleavePairs), packed));
+#else
+  store_bytes64<STREAM>(p, (bf16_round_hi(even) >> 16) | (bf16_round_hi(odd) & 0xFFFF0000u));
+#endif
 }
 
 template <typename T>
@@ -298,13 +457,99 @@ inline void contig_mean_m2(const A* __restrict x, index_t n, A& mean_out, A& m2_
   m2_out = m2;
 }
 
+// contig_mean_m2 reading bfloat16 in registers (no float buffer to write and read twice): the
+// even and odd elements of each 32 values (load_pairs) go to separate accumulators. Same
+// two-pass arithmetic. The accumulators are register-wide pieces: 64-byte vectors carried
+// around a loop live on the stack at levels 0 and 1 (see by_pieces).
+inline void contig_mean_m2_bf16(const c10::BFloat16* __restrict x, index_t n, float& mean_out,
+                                float& m2_out) {
+  constexpr int P = 64 / kNativeBytes;  // pieces per 32 values
+  typedef float N __attribute__((vector_size(kNativeBytes)));
+  typedef uint32_t NU __attribute__((vector_size(kNativeBytes)));
+  // Piece k of the even / odd elements of the 32 values at p.
+  auto pair_piece = [](const c10::BFloat16* p, int k, N& even, N& odd) {
+    NU u;
+    __builtin_memcpy(&u, reinterpret_cast<const char*>(p) + k * kNativeBytes, sizeof(u));
+    even = (N)(u << 16);
+    odd = (N)(u & 0xFFFF0000u);
+  };
+  // hsum_tree((a[0] + a[1]) + (a[2] + a[3])) of the 64-byte vectors the pieces make up.
+  auto total = [](const N (&a)[4][P]) {
+    F32x16 t;
+    typedef float NA __attribute__((vector_size(kNativeBytes), __may_alias__));
+    for (int k = 0; k < P; ++k)
+      reinterpret_cast<NA*>(&t)[k] = (a[0][k] + a[1][k]) + (a[2][k] + a[3][k]);
+    return hsum_tree(t);
+  };
+  N a[4][P] = {};
+  index_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    for (int k = 0; k < P; ++k) {
+      N e0, o0, e1, o1;
+      pair_piece(x + i, k, e0, o0);
+      pair_piece(x + i + 32, k, e1, o1);
+      a[0][k] += e0;
+      a[1][k] += o0;
+      a[2][k] += e1;
+      a[3][k] += o1;
+    }
+  }
+  for (; i + 32 <= n; i += 32) {
+    for (int k = 0; k < P; ++k) {
+      N e, o;
+      pair_piece(x + i, k, e, o);
+      a[0][k] += e;
+      a[1][k] += o;
+    }
+  }
+  float sum = total(a);
+  for (index_t k = i; k < n; ++k) sum += static_cast<float>(x[k]);
+  const float mean = sum / float(n);
+
+  for (auto& row : a)
+    for (auto& piece : row) piece = N{};
+  i = 0;
+  for (; i + 64 <= n; i += 64) {
+    for (int k = 0; k < P; ++k) {
+      N e0, o0, e1, o1;
+      pair_piece(x + i, k, e0, o0);
+      pair_piece(x + i + 32, k, e1, o1);
+      e0 -= mean;
+      o0 -= mean;
+      e1 -= mean;
+      o1 -= mean;
+      a[0][k] += e0 * e0;
+      a[1][k] += o0 * o0;
+      a[2][k] += e1 * e1;
+      a[3][k] += o1 * o1;
+    }
+  }
+  for (; i + 32 <= n; i += 32) {
+    for (int k = 0; k < P; ++k) {
+      N e, o;
+      pair_piece(x + i, k, e, o);
+      e -= mean;
+      o -= mean;
+      a[0][k] += e * e;
+      a[1][k] += o * o;
+    }
+  }
+  float m2 = total(a);
+  for (; i < n; ++i) {
+    const float d = static_cast<float>(x[i]) - mean;
+    m2 += d * d;
+  }
+  mean_out = mean;
+  m2_out = m2;
+}
+
 // The pre-activation, written once so forward and backward round it identically.
 template <typename V, typename A>
-inline V pre_activation(V x, A mean, A scale, A shift) {
+SF_ALWAYS_INLINE V pre_activation(V x, A mean, A scale, A shift) {
   return (x - mean) * scale + shift;
 }
 template <typename V>
-inline V pre_activation_v(V x, V mean, V scale, V shift) {
+SF_ALWAYS_INLINE V pre_activation_v(V x, V mean, V scale, V shift) {
   return (x - mean) * scale + shift;
 }
 
@@ -323,16 +568,35 @@ inline void contig_apply(const A* __restrict x, A* __restrict y, index_t n, A me
 }
 
 // contig_apply for bfloat16 / float16 storage: converts in registers, no buffer round trip.
-template <int ACT, typename S>
+template <int ACT, bool STREAM, typename S>
 inline void contig_apply_half(const S* __restrict x, S* __restrict y, index_t n, float mean,
                               float scale, float shift, float slope) {
   index_t i = 0;
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    if constexpr (STREAM) {
+      // Up to the first 64-byte aligned output (bfloat16 tensors are 2-byte aligned).
+      const index_t misalign = index_t(reinterpret_cast<uintptr_t>(y) & 63);
+      const index_t head = std::min(n, ((64 - misalign) & 63) / 2);
+      if (head > 0) contig_apply_half<ACT, false>(x, y, head, mean, scale, shift, slope);
+      i = head;
+    }
+    for (; i + 32 <= n; i += 32) {
+      F32x16 e, o;
+      load_pairs(x + i, e, o);
+      store_pairs<STREAM>(y + i, activate<ACT>(pre_activation(e, mean, scale, shift), slope),
+                          activate<ACT>(pre_activation(o, mean, scale, shift), slope));
+    }
+  }
   for (; i + 16 <= n; i += 16)
     store_from_float(y + i, activate<ACT>(pre_activation(load_as_float(x + i), mean, scale, shift),
                                           slope));
-  for (; i < n; ++i) {
-    float v = static_cast<float>(x[i]);
-    y[i] = S(activate<ACT>(pre_activation(v, mean, scale, shift), slope));
+  if (i < n) {  // through a zero-padded vector, so that the tail rounds like the body
+    alignas(64) S in[16], out[16];
+    std::memset(in, 0, sizeof(in));
+    std::memcpy(in, x + i, sizeof(S) * (n - i));
+    store_from_float(out, activate<ACT>(pre_activation(load_as_float(in), mean, scale, shift),
+                                        slope));
+    std::memcpy(y + i, out, sizeof(S) * (n - i));
   }
 }
 
@@ -689,7 +953,8 @@ void fwd_stats_nchw(const FwdJob& job, index_t t) {
   for (index_t r = p.r0; r < p.r1; r += kChunk) {
     const index_t len = std::min(kChunk, p.r1 - r);
     A cm, cm2;
-    contig_mean_m2(as_acc(x + r, len, buf), len, cm, cm2);
+    if constexpr (std::is_same_v<S, c10::BFloat16>) contig_mean_m2_bf16(x + r, len, cm, cm2);
+    else contig_mean_m2(as_acc(x + r, len, buf), len, cm, cm2);
     chan_combine(count, mean, m2, double(len), double(cm), double(cm2));
   }
   job.seg_mean[t] = mean;
@@ -741,7 +1006,8 @@ void fwd_stats_nhwc(const FwdJob& job, index_t t) {
 
 // Apply passes walk their tasks (segments) backwards, so that the segment the statistics pass
 // read last, still in cache, is used first; chunks inside a segment go forwards, which the
-// hardware prefetchers follow. STREAM: streamed output stores (float / double only).
+// hardware prefetchers follow. STREAM: streamed output stores (float / double, and bfloat16 in
+// the NCHW forward).
 template <int ACT, bool STREAM, typename S>
 void fwd_apply_nchw(const FwdJob& job, index_t t) {
   using A = typename AccOf<S>::type;
@@ -757,7 +1023,7 @@ void fwd_apply_nchw(const FwdJob& job, index_t t) {
   if constexpr (!std::is_same_v<S, A>) {
     (void)xbuf;
     (void)ybuf;
-    contig_apply_half<ACT>(x + p.r0, y + p.r0, p.r1 - p.r0, mean, scale, shift, slope);
+    contig_apply_half<ACT, STREAM>(x + p.r0, y + p.r0, p.r1 - p.r0, mean, scale, shift, slope);
     return;
   }
   for (index_t r = p.r0; r < p.r1; r += kChunk) {
@@ -977,10 +1243,12 @@ void fwd_stats(const FwdJob& job, index_t t0, index_t t1) {
   });
 }
 
-// STREAM only where the storage dtype is the arithmetic dtype (no conversion buffer).
+// STREAM only where the output is written from registers: the storage dtype is the arithmetic
+// dtype, or bfloat16 in the forward (contig_apply_half; job.stream_output is set for NCHW only).
 template <typename S, typename Job, typename F>
 inline void with_stream(const Job& job, F&& f) {
-  if constexpr (std::is_same_v<S, typename AccOf<S>::type>) {
+  if constexpr (std::is_same_v<S, typename AccOf<S>::type> ||
+                (std::is_same_v<S, c10::BFloat16> && std::is_same_v<Job, FwdJob>)) {
     if (job.stream_output) {
       f(std::true_type{});
       stream_fence();
