@@ -170,8 +170,10 @@ PadMap pad_map(const Geometry& g, int64_t mode) {
 // Work below this many elements runs on the calling thread: a parallel region costs more than
 // copying a few patches, and far more when the cores are oversubscribed.
 constexpr int64_t kParallelGrain = 1 << 15;
-// Patches are built and multiplied in chunks of at most this many bytes.
-constexpr int64_t kPatchChunkBytes = int64_t(4) << 20;
+// Patches (and their gradients) are built and multiplied in chunks of at most this many bytes:
+// small next to any activation, so the fix-up never raises the call's peak memory much (the
+// GEMMs stay efficient down to ~100 rows).
+constexpr int64_t kPatchChunkBytes = int64_t(1) << 20;
 
 // Column order of the patch rows: taps outer and channels inner when the input's channels are
 // contiguous (channels_last), so that reads and writes both run along memory; channels outer
@@ -234,11 +236,14 @@ void gather_grad(const at::Tensor& gy, const Geometry& g, const BorderPixels& bp
   const int64_t S = bp.size();
   const scalar_t* gp = gy.const_data_ptr<scalar_t>();
   const auto gs = gy.strides();
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t n = p / S, y = bp.oy[p % S], x = bp.ox[p % S];
-    for (int64_t o = 0; o < g.o; ++o)
-      out[(p - p0) * g.o + o] = static_cast<acc_t>(gp[n * gs[0] + o * gs[1] + y * gs[2] + x * gs[3]]);
-  }
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, g.o));
+  at::parallel_for(p0, p1, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t n = p / S, y = bp.oy[p % S], x = bp.ox[p % S];
+      const scalar_t* px = gp + n * gs[0] + y * gs[2] + x * gs[3];
+      for (int64_t o = 0; o < g.o; ++o) out[(p - p0) * g.o + o] = static_cast<acc_t>(px[o * gs[1]]);
+    }
+  });
 }
 
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -301,11 +306,12 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
   const auto wmat = weight_matrix(weight, g, taps_first, acc);
   const int64_t rows = patch_chunk_rows(g);
   auto gyp = at::empty({std::min(rows, P), g.o}, opts);
-  at::Tensor patches, gw;
+  at::Tensor patches, gw, dp_buf;
   if (grad_weight_acc.defined()) {
     patches = at::empty({std::min(rows, P), K}, opts);
     gw = at::zeros({g.o, K}, opts);  // corrections in patch order, added once at the end
   }
+  if (grad_input.defined()) dp_buf = at::empty({std::min(rows, P), K}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fix_backward",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -319,7 +325,8 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
         gw.addmm_(gt.t(), pt);
       }
       if (!grad_input.defined()) continue;
-      const auto dp = at::mm(gt, wmat);  // (pixels, K): each patch's gradient
+      auto dp = dp_buf.narrow(0, 0, p1 - p0);
+      at::mm_out(dp, gt, wmat);  // (pixels, K): each patch's gradient
       const acc_t* dpp = dp.const_data_ptr<acc_t>();
       scalar_t* gi = grad_input.data_ptr<scalar_t>();
       const auto gs = grad_input.strides();
