@@ -178,9 +178,11 @@ void pack_grad_row(const scalar_t* gy, const int64_t* gs, const Geometry& g, int
 
 }  // namespace
 
-// The library runs few output channels at a fraction of its rate; from the measurements in
-// docs/design.md (bench_padded_conv.py): float32 and bfloat16, stride 1 or 2, kernels of 3x3
-// and up.
+// Where it was measured faster than the library's weight gradient plus the border corrections
+// (2 threads, AVX-512, 2026-11-24): 0.18-0.87x on 16 cases -- 1, 3, 4 and 8 outputs, 16-256
+// inputs, 3x3 / 5x5 / 9x9, stride 1 and 2, float32 and bfloat16, NCHW and channels_last;
+// 0.21-0.23x on Johnson's 9x9 32->3 layer. 1x1 kernels are one GEMM for the library; float64
+// needs float64 arithmetic, which this kernel does not do.
 bool wgrad_applies(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
   if (g.o < 1 || g.o > kWgradMaxOut) return false;
