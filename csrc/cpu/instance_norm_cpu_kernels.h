@@ -814,27 +814,19 @@ inline void rows_bwd_sums(const A* __restrict x, index_t ldx, const A* __restric
                           A* __restrict sum_dz_xc) {
   using V = VecT<A>;
   constexpr index_t L = Vec<A>::lanes;
+#define SF_BWD_SUMS_FIXED(NV)                                                                    \
+  return rows_bwd_sums_fixed<ACT, NV>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,  \
+                                      sum_dz_xc)
   switch (cwp / L) {
-    case 1:
-      return rows_bwd_sums_fixed<ACT, 1>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
-                                         sum_dz_xc);
-    case 2:
-      return rows_bwd_sums_fixed<ACT, 2>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
-                                         sum_dz_xc);
-    case 3:
-      return rows_bwd_sums_fixed<ACT, 3>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
-                                         sum_dz_xc);
-    case 4:
-      return rows_bwd_sums_fixed<ACT, 4>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
-                                         sum_dz_xc);
-    case 6:
-      return rows_bwd_sums_fixed<ACT, 6>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
-                                         sum_dz_xc);
-    case 8:
-      return rows_bwd_sums_fixed<ACT, 8>(x, ldx, g, ldg, rows, mean, scale, shift, slope, sum_dz,
-                                         sum_dz_xc);
+    case 1: SF_BWD_SUMS_FIXED(1);
+    case 2: SF_BWD_SUMS_FIXED(2);
+    case 3: SF_BWD_SUMS_FIXED(3);
+    case 4: SF_BWD_SUMS_FIXED(4);
+    case 6: SF_BWD_SUMS_FIXED(6);
+    case 8: SF_BWD_SUMS_FIXED(8);
     default: break;
   }
+#undef SF_BWD_SUMS_FIXED
   for (index_t j = 0; j < cwp; j += L) {
     const V m = vload(mean + j), sc = vload(scale + j), sh = vload(shift + j);
     V s0{}, s1{}, p0{}, p1{};

@@ -317,57 +317,25 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
 // Kernel body: included above once per SF_ISA_LEVEL, inside namespace isa_<level> (itself in
 // padded_conv_cpu's anonymous namespace).
 
-// One vector of float: 16, 8 or 4 lanes.
+#include "cpu/cpu_vec_f32.h"  // VF, kLanes, vload / vstore / vset1 / vfma, keep_in_register
+
+// Register blocking per level.
 #if SF_ISA_LEVEL >= 2
-using VF = __m512;
-constexpr int kLanes = 16;
 constexpr int kAccVectors = 24;  // of 32 registers: the rest hold inputs and weights
 constexpr int kMaxV = 8;
 constexpr int64_t kMaxGroup = 8;  // 8 x 3 accumulators
 constexpr int64_t kMaxLaneVectors = 2;  // channels in lanes: 2 x 12 accumulators
-inline VF vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, VF v) { _mm512_storeu_ps(p, v); }
-inline VF vset1(float s) { return _mm512_set1_ps(s); }
-inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 #elif SF_ISA_LEVEL == 1
-using VF = __m256;
-constexpr int kLanes = 8;
 constexpr int kAccVectors = 12;  // of 16 registers
 constexpr int kMaxV = 6;
 constexpr int64_t kMaxGroup = 4;  // 4 x 3 accumulators: fewer loads per FMA than 8 x 1
 constexpr int64_t kMaxLaneVectors = 2;  // 2 x 6
-inline VF vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, VF v) { _mm256_storeu_ps(p, v); }
-inline VF vset1(float s) { return _mm256_set1_ps(s); }
-inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
 #else
-typedef float VF __attribute__((vector_size(16)));
-constexpr int kLanes = 4;
 constexpr int kAccVectors = 8;  // of 16 registers; no FMA, so products need temporaries
 constexpr int kMaxV = 4;
 constexpr int64_t kMaxGroup = 4;
 constexpr int64_t kMaxLaneVectors = 2;  // 2 x 4
-inline VF vload(const float* p) {
-  VF v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void vstore(float* p, VF v) { __builtin_memcpy(p, &v, sizeof(v)); }
-inline VF vset1(float s) { return VF{} + s; }
-inline VF vfma(VF a, VF b, VF c) { return a * b + c; }
 #endif
-
-// GCC otherwise folds the input load into each of the O FMAs that use it: O unaligned loads
-// instead of one, and the loop becomes load-bound.
-inline void keep_in_register(VF& v) {
-#if SF_ISA_LEVEL >= 2
-  asm("" : "+v"(v));  // any of zmm0-31
-#elif SF_ISA_LEVEL == 1
-  asm("" : "+x"(v));  // ymm0-15
-#else
-  (void)v;
-#endif
-}
 
 // ---------------------------------------------------------------------------------------------
 // Packing: one padded input row of every channel, as float.

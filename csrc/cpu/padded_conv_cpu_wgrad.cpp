@@ -273,52 +273,17 @@ at::Tensor wgrad(const at::Tensor& grad_output, const at::Tensor& input, const G
 // ---------------------------------------------------------------------------------------------
 // Kernel body: included above once per SF_ISA_LEVEL, inside namespace isa_<level>.
 
-#if SF_ISA_LEVEL >= 2
-using VF = __m512;
-constexpr int64_t kLanes = 16;
-constexpr int kAccRegs = 27;  // of 32 registers: 9 taps x 3 outputs, 1 input, broadcasts
-inline VF vzero() { return _mm512_setzero_ps(); }
-inline VF vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, VF v) { _mm512_storeu_ps(p, v); }
-inline VF vset1(float s) { return _mm512_set1_ps(s); }
-inline VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
-inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
-#elif SF_ISA_LEVEL == 1
-using VF = __m256;
-constexpr int64_t kLanes = 8;
-constexpr int kAccRegs = 12;  // of 16 registers
-inline VF vzero() { return _mm256_setzero_ps(); }
-inline VF vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, VF v) { _mm256_storeu_ps(p, v); }
-inline VF vset1(float s) { return _mm256_set1_ps(s); }
-inline VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
-inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
-#else
-typedef float VF __attribute__((vector_size(16)));
-constexpr int64_t kLanes = 4;
-constexpr int kAccRegs = 8;  // no FMA: products need temporaries
-inline VF vzero() { return VF{}; }
-inline VF vload(const float* p) {
-  VF v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void vstore(float* p, VF v) { __builtin_memcpy(p, &v, sizeof(v)); }
-inline VF vset1(float s) { return VF{} + s; }
-inline VF vfma(VF a, VF b, VF c) { return a * b + c; }
-inline VF vadd(VF a, VF b) { return a + b; }
-#endif
+#include "cpu/cpu_vec_f32.h"  // VF, kLanes, vzero / vload / vstore / vset1 / vfma / vadd
 
-// GCC otherwise folds a load into each FMA that uses it: og loads of the same input vector.
-inline void keep_in_register(VF& v) {
+// Accumulator registers per level: 9 taps x 3 outputs beside 1 input and the broadcasts of 32
+// registers; 12 of 16; 8 of 16 without FMA (products need temporaries).
 #if SF_ISA_LEVEL >= 2
-  asm("" : "+v"(v));
+constexpr int kAccRegs = 27;
 #elif SF_ISA_LEVEL == 1
-  asm("" : "+x"(v));
+constexpr int kAccRegs = 12;
 #else
-  (void)v;
+constexpr int kAccRegs = 8;
 #endif
-}
 
 // OG output channels x KG taps: sums over the output row in registers, then adds to acc.
 // in: the first tap's vector of channels at column 0 (row [wread][lanes]); step: floats between
