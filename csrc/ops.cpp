@@ -2,7 +2,8 @@
 // its own translation unit with TORCH_LIBRARY_IMPL(stylize_fast, CPU|CUDA, m):
 //   csrc/cpu/instance_norm_cpu.cpp     csrc/cuda/instance_norm_cuda.cpp (+ .cu)
 //   csrc/cpu/padded_conv_cpu.cpp       csrc/cuda/padded_conv_cuda.cpp   (+ .cu)
-// Python (stylize_fast/ops/*.py) adds register_fake and register_autograd.
+// csrc/autograd.cpp registers autograd (Autograd key); Python (stylize_fast/ops/*.py) adds
+// register_fake.
 //
 // Conventions shared by every backend (see docs/design.md):
 //   activation:   0 = none, 1 = relu, 2 = leaky_relu (negative_slope used only by 2)

@@ -94,6 +94,16 @@ def available() -> dict[str, bool]:
     }
 
 
+def _is_available(name: str) -> bool:
+    """available()[name] without asking torch about CUDA for the backends that do not need it
+    (select runs on every op call)."""
+    if name == "cpu":
+        return _extension.loaded()
+    if name == "reference":
+        return True
+    return available()[name]
+
+
 def unavailable_reason(name: str) -> str:
     """Why ``name`` is not available (empty string if it is)."""
     if available().get(name, False):
@@ -152,7 +162,7 @@ def select(op: str, input: torch.Tensor, *args) -> tuple[str, Callable]:
     device = input.device.type
     name = forced()
     if name is not None:
-        if not available()[name]:
+        if not _is_available(name):
             raise RuntimeError(f"backend {name!r} is not available: {unavailable_reason(name)}")
         impl = table.get(name)
         if impl is None:
@@ -165,10 +175,9 @@ def select(op: str, input: torch.Tensor, *args) -> tuple[str, Callable]:
         if reason:
             raise RuntimeError(f"backend {name!r} cannot run {op} on this input: {reason}")
         return name, impl.fn
-    avail = available()
     for name in _AUTO_ORDER.get(device, ("reference",)):
         impl = table.get(name)
-        if impl is None or not avail[name] or not impl.auto:
+        if impl is None or not impl.auto or not _is_available(name):
             continue
         if impl.devices is not None and device not in impl.devices:
             continue

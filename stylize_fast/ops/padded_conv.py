@@ -174,7 +174,8 @@ def padded_conv2d(
 
 def register_autograd(fwd_op, bwd_op) -> None:
     """Make ``fwd_op`` (schema of padded_conv2d_fwd) differentiable via ``bwd_op`` (schema of
-    padded_conv2d_bwd). Saves input and weight; the output is not saved."""
+    padded_conv2d_bwd). Saves input and weight; the output is not saved. Used by the Triton
+    ops; the compiled op has the same in C++ (csrc/autograd.cpp)."""
 
     def setup_context(ctx, inputs, output):
         input, weight, bias, stride, padding, padding_mode = inputs
@@ -260,7 +261,7 @@ def _register_compiled_ops() -> None:
     ops = torch.ops.stylize_fast
     torch.library.register_fake("stylize_fast::padded_conv2d_fwd")(fake_forward)
     torch.library.register_fake("stylize_fast::padded_conv2d_bwd")(fake_backward)
-    register_autograd("stylize_fast::padded_conv2d_fwd", ops.padded_conv2d_bwd)
+    # Autograd of the compiled op: in C++ (csrc/autograd.cpp), like register_autograd above.
     for backend, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         if _extension.has_kernel("padded_conv2d_fwd", key):
             backends.register(OP, backend, ops.padded_conv2d_fwd, devices=(backend,),
