@@ -90,7 +90,8 @@ def _threads(n):
 
 # --------------------------------------------------------------------------------------------
 # Schedules. Units: NCHW plane; channels_last block of <= 128 channels of one sample.
-# Segments: 65536 values (NCHW) / 32 chunks of rows (channels_last).
+# Segments: 65536 values (NCHW) / 32 chunks of rows (channels_last). Small units run in groups
+# of up to 256 KiB of input (16 planes of 64x64 float).
 
 SCHEDULE_CASES = [
     pytest.param((2, 3, 17, 19), "contiguous", id="nchw-vector-tail"),        # H*W % 16 != 0
@@ -103,7 +104,10 @@ SCHEDULE_CASES = [
     pytest.param((1, 32, 80, 80), "channels_last", id="cl-split"),            # 4 segments, 1 unit
     pytest.param((3, 64, 3, 5), "channels_last", id="cl-c64-short"),
     pytest.param((2, 48, 7, 6), "channels_last", id="cl-c48"),                # 3 vectors
-    pytest.param((2, 96, 7, 6), "channels_last", id="cl-c96"),                # 6: params re-read
+    pytest.param((2, 96, 7, 6), "channels_last", id="cl-c96"),                # 6 vectors
+    pytest.param((2, 80, 5, 6), "channels_last", id="cl-c80"),                # 5: params re-read
+    pytest.param((2, 128, 5, 6), "channels_last", id="cl-c128"),              # 8: in zmm registers
+    pytest.param((2, 21, 64, 64), "contiguous", id="nchw-groups"),            # groups of 16 + 5
     pytest.param((2, 5, 6, 7), "strided", id="non-contiguous"),
 ]
 

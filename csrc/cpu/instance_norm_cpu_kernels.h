@@ -730,8 +730,8 @@ inline void rows_mean_m2(const A* __restrict x, index_t ld, index_t rows, index_
   }
 }
 
-// Up to four vectors of channels with their parameters held in registers across the rows
-// (the general loop re-reads them from L1 for every vector: 3 extra loads per store).
+// A few vectors of channels with their parameters held in registers across the rows (the
+// general loop re-reads them from L1 for every vector: 3 extra loads per store).
 template <int ACT, bool STREAM, index_t NV, typename A>
 inline void rows_apply_fixed(const A* __restrict x, index_t ldx, A* __restrict y, index_t ldy,
                              index_t rows, const A* mean, const A* scale, const A* shift,
@@ -761,6 +761,12 @@ inline void rows_apply(const A* __restrict x, index_t ldx, A* __restrict y, inde
     case 2: return rows_apply_fixed<ACT, STREAM, 2>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
     case 3: return rows_apply_fixed<ACT, STREAM, 3>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
     case 4: return rows_apply_fixed<ACT, STREAM, 4>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+#if SF_ISA_LEVEL >= 2
+    // 32 zmm registers hold the parameters of up to 8 vectors (128 float channels: the
+    // generator's residual blocks) with room for the row's temporaries.
+    case 6: return rows_apply_fixed<ACT, STREAM, 6>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+    case 8: return rows_apply_fixed<ACT, STREAM, 8>(x, ldx, y, ldy, rows, mean, scale, shift, slope);
+#endif
     default: break;
   }
   for (index_t r = 0; r < rows; ++r) {
