@@ -130,6 +130,51 @@ def test_schedules_dtypes(shape, layout, dtype, affine):
     _check_op(x, w, b, LEAKY, 0.2)
 
 
+# Channels_last with C not a multiple of the vector width runs on the periodic view: rows of
+# P = lcm(C, 16) values (8 for float64), column j = channel j % C, when H*W % (P / C) == 0;
+# otherwise (and for P > 128) on padded copies of each pixel's channels.
+PERIODIC_CASES = [
+    pytest.param((2, 3, 16, 16), id="c3-p48"),
+    pytest.param((2, 1, 8, 6), id="c1-p16"),
+    pytest.param((3, 8, 10, 10), id="c8-p16"),
+    pytest.param((2, 24, 6, 6), id="c24-p48"),
+    pytest.param((2, 40, 4, 10), id="c40-p80"),
+    pytest.param((1, 7, 32, 33), id="c7-p112-one-sample"),
+    pytest.param((1, 12, 256, 260), id="c12-p48-split-segments"),  # several segments, 1 unit
+    pytest.param((2, 8, 5, 7), id="c8-odd-hw-fallback"),            # H*W odd: no whole rows
+    pytest.param((2, 72, 3, 4), id="c72-p144-fallback"),             # P > 128
+]
+
+
+@pytest.mark.parametrize("shape", PERIODIC_CASES)
+@pytest.mark.parametrize("affine", ["none", "channel", "sample"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_channels_last_periodic_view_float32(shape, affine, threads):
+    x = make_input(shape, torch.float32, "channels_last")
+    w, b = _affine(affine, shape[0], shape[1], torch.float32)
+    with _threads(threads):
+        _check_op(x, w, b, LEAKY, 0.2)
+
+
+@pytest.mark.parametrize("shape", [PERIODIC_CASES[i] for i in (0, 3, 4, 7)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_channels_last_periodic_view_dtypes(shape, dtype):
+    # float64 has 8 lanes: C = 3 -> P = 24, C = 40 -> P = 40 (no view: a multiple of 8).
+    x = make_input(shape, dtype, "channels_last")
+    w, b = _affine("sample", shape[0], shape[1], dtype)
+    _check_op(x, w, b, RELU)
+
+
+def test_channels_last_periodic_view_matches_nchw_statistics():
+    # Same values in both layouts: the folded column statistics equal the plane statistics.
+    x = make_input((2, 24, 16, 16), torch.float64)
+    _, mean, rstd = ops.instance_norm_fwd(x, None, None, 1e-5, 0, 0.0)
+    _, mean_cl, rstd_cl = ops.instance_norm_fwd(
+        x.contiguous(memory_format=torch.channels_last), None, None, 1e-5, 0, 0.0)
+    assert_close(mean_cl, mean, atol=1e-12, rtol=1e-12)
+    assert_close(rstd_cl, rstd, atol=1e-12, rtol=1e-12)
+
+
 def test_hw1_gives_activation_of_bias():
     x = make_input((3, 4, 1, 1))
     w, b = _affine("sample", 3, 4, torch.float32)

@@ -51,6 +51,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -271,6 +272,35 @@ Geometry make_geometry(index_t N, index_t C, index_t HW, bool channels_last, DTy
   return g;
 }
 
+// Channels_last with C not a multiple of the vector width (C = 3, 8, 24, 40, ...: the texture
+// network's blocks, an RGB input): a sample's slab of H*W pixels x C channels is the same memory
+// as rows of P = lcm(C, lanes) values, and column j of those rows holds channel j % C. The
+// kernels run on that view (P "pseudo-channels" of whole vectors, read in place) and the
+// statistics of the P / C columns of each channel are folded afterwards; the per-row gather
+// into padded vectors it replaces ran 4-45x slower than a copy. Needs H*W to fill whole rows
+// (H*W % (P / C) == 0) and P <= kMaxBlock; returns P, or 0 when the view does not apply.
+index_t periodic_width(index_t C, index_t HW, bool channels_last, DType dtype) {
+  const index_t lanes = dtype == DType::kDouble ? 8 : 16;
+  if (!channels_last || C % lanes == 0) return 0;
+  const index_t P = C / std::gcd(C, lanes) * lanes;
+  if (P > kMaxBlock || HW % (P / C) != 0) return 0;
+  return P;
+}
+
+// (C,) or (N, C) -> (P,) or (N, P), column j taking channel j % C (undefined stays undefined).
+at::Tensor expand_periodic(const at::Tensor& t, index_t C, index_t P) {
+  if (!t.defined()) return t;
+  const at::Tensor index = at::arange(P, t.options().dtype(at::kLong)).remainder(C);
+  return t.index_select(t.dim() - 1, index).contiguous();
+}
+
+// Geometry of the problem the kernels see: the periodic view when P != 0.
+Geometry kernel_geometry(index_t N, index_t C, index_t HW, bool channels_last, DType dtype,
+                         index_t P) {
+  return P ? make_geometry(N, P, HW * C / P, true, dtype)
+           : make_geometry(N, C, HW, channels_last, dtype);
+}
+
 // stats(t0, t1) and apply(t0, t1) run tasks; finalize(u) folds the segments of unit u.
 // unit_bytes: the bytes one unit reads per pass (all its input tensors).
 void run_schedule(const Geometry& g, index_t unit_bytes,
@@ -301,51 +331,81 @@ void run_schedule(const Geometry& g, index_t unit_bytes,
   if (apply) at::parallel_for(0, g.tasks(), 1, [&](index_t t0, index_t t1) { (*apply)(t0, t1); });
 }
 
+// Columns j, j + C, j + 2C, ... of a unit are one channel (C = real_C; the periodic view), or
+// every column is its own channel (real_C = 0). Writes the real channels' mean / rstd to
+// mean_out / rstd_out ((N, real_C)) and every column's to job.mean / job.rstd ((N, g.C)).
 template <typename A>
-void fwd_finalize(const FwdJob& job, index_t u, double eps) {
+void fwd_finalize(const FwdJob& job, index_t u, double eps, index_t real_C, void* mean_out,
+                  void* rstd_out) {
   const Geometry& g = job.g;
   const TaskPos p = locate(g, u * g.segs);
   A* mean = static_cast<A*>(const_cast<void*>(job.mean));
   A* rstd = static_cast<A*>(const_cast<void*>(job.rstd));
-  for (index_t j = 0; j < p.cw; ++j) {
+  const index_t channels = real_C ? real_C : p.cw;
+  const index_t reps = real_C ? p.cw / real_C : 1;
+  for (index_t c = 0; c < channels; ++c) {
     double count = 0, m = 0, m2 = 0;
-    for (index_t s = 0; s < g.segs; ++s) {
-      const index_t t = u * g.segs + s;
-      const double rows = double(std::min(g.seg_rows, g.HW - s * g.seg_rows));
-      chan_combine(count, m, m2, rows, job.seg_mean[t * g.block + j], job.seg_m2[t * g.block + j]);
+    for (index_t k = 0; k < reps; ++k) {
+      const index_t j = c + k * channels;
+      for (index_t s = 0; s < g.segs; ++s) {
+        const index_t t = u * g.segs + s;
+        const double rows = double(std::min(g.seg_rows, g.HW - s * g.seg_rows));
+        chan_combine(count, m, m2, rows, job.seg_mean[t * g.block + j], job.seg_m2[t * g.block + j]);
+      }
     }
-    const index_t nc = p.n * g.C + p.c0 + j;
-    mean[nc] = A(m);
-    rstd[nc] = A(1.0 / std::sqrt(m2 / double(g.HW) + eps));
+    const A mean_c = A(m), rstd_c = A(1.0 / std::sqrt(m2 / count + eps));
+    for (index_t k = 0; k < reps; ++k) {
+      const index_t nc = p.n * g.C + p.c0 + c + k * channels;
+      mean[nc] = mean_c;
+      rstd[nc] = rstd_c;
+    }
+    if (real_C) {
+      static_cast<A*>(mean_out)[p.n * real_C + c] = mean_c;
+      static_cast<A*>(rstd_out)[p.n * real_C + c] = rstd_c;
+    }
   }
 }
 
+// As fwd_finalize: columns j, j + C, ... of the periodic view are one channel (C = real_C);
+// dgamma / dbeta are per real channel ((N, real_C), or (N, g.C) without the view), the dx
+// coefficients per column.
 template <typename A>
-void bwd_finalize(const BwdJob& job, index_t u, double* dgamma, double* dbeta) {
+void bwd_finalize(const BwdJob& job, index_t u, index_t real_C, double* dgamma, double* dbeta) {
   const Geometry& g = job.g;
   const TaskPos p = locate(g, u * g.segs);
   const A* rstd = static_cast<const A*>(job.rstd);
   const A* weight = static_cast<const A*>(job.weight);
   A* coef = static_cast<A*>(const_cast<void*>(job.coef));
-  for (index_t j = 0; j < p.cw; ++j) {
+  const index_t channels = real_C ? real_C : p.cw;
+  const index_t reps = real_C ? p.cw / real_C : 1;
+  const double count = double(g.HW) * double(reps);  // values per channel
+  for (index_t c = 0; c < channels; ++c) {
     double sum_dz = 0, sum_dz_xc = 0;
-    for (index_t s = 0; s < g.segs; ++s) {
-      const index_t t = u * g.segs + s;
-      sum_dz += job.seg_sum_dz[t * g.block + j];
-      sum_dz_xc += job.seg_sum_dz_xc[t * g.block + j];
+    for (index_t k = 0; k < reps; ++k) {
+      const index_t j = c + k * channels;
+      for (index_t s = 0; s < g.segs; ++s) {
+        const index_t t = u * g.segs + s;
+        sum_dz += job.seg_sum_dz[t * g.block + j];
+        sum_dz_xc += job.seg_sum_dz_xc[t * g.block + j];
+      }
     }
-    const index_t c = p.c0 + j, nc = p.n * g.C + c;
+    const index_t col = p.c0 + c, nc = p.n * g.C + col;  // the channel's first column
     const double r = double(rstd[nc]);
-    const double w = weight ? double(weight[job.weight_per_sample ? nc : c]) : 1.0;
+    const double w = weight ? double(weight[job.weight_per_sample ? nc : col]) : 1.0;
     const double sum_dz_xhat = sum_dz_xc * r;
     const double k = r * w;
     // dz - mean(dz) is formed before scaling by k, so it cancels exactly where it should
     // (H*W = 1: dz == mean(dz), dx == 0).
-    coef[3 * nc] = A(k);
-    coef[3 * nc + 1] = A(-r * (sum_dz_xhat / double(g.HW)));
-    coef[3 * nc + 2] = A(-(sum_dz / double(g.HW)));
-    dgamma[nc] = sum_dz_xhat;
-    dbeta[nc] = sum_dz;
+    const A c_k = A(k), c_1 = A(-r * (sum_dz_xhat / count)), c_0 = A(-(sum_dz / count));
+    for (index_t rep = 0; rep < reps; ++rep) {
+      const index_t ncj = nc + rep * channels;
+      coef[3 * ncj] = c_k;
+      coef[3 * ncj + 1] = c_1;
+      coef[3 * ncj + 2] = c_0;
+    }
+    const index_t out = real_C ? p.n * real_C + c : nc;
+    dgamma[out] = sum_dz_xhat;
+    dbeta[out] = sum_dz;
   }
 }
 
@@ -381,10 +441,11 @@ int64_t last_level_cache_bytes() {
 // Outputs at least this large are written with streaming stores: the input (at least as large)
 // and the output together exceed the last-level cache, so the output's first lines are evicted
 // before a consumer could read them, and streaming saves reading every output line before
-// overwriting it (a copy saves the same with `rep movsb`). Measured here: 1.26-1.28x the time
-// of a copy instead of 1.43-1.55x on 16-32 MiB outputs with cold caches, and faster with
-// warm ones too. STYLIZE_FAST_CPU_STREAM_BYTES overrides it (tests set 0 to cover the
-// streaming path).
+// overwriting it. Measured here (16 and 32 MiB float32 outputs, NCHW and channels_last, ratio to
+// a clone of the input in one run): 1.15-1.27x streamed against 1.38-1.55x cached with cold
+// caches, 1.15-1.40x against 1.48-1.64x with warm ones; an 8 MiB output is faster cached when
+// warm (1.4x against 2.1x), so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
+// (tests set 0 to cover the streaming path).
 int64_t stream_threshold_bytes() {
   const char* value = std::getenv("STYLIZE_FAST_CPU_STREAM_BYTES");
   if (value != nullptr && *value != '\0') return std::strtoll(value, nullptr, 10);
@@ -479,13 +540,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
   }
   const at::Tensor x = input.contiguous(fmt);
   const DType dtype = dtype_of(input);
-  const Geometry g = make_geometry(N, C, HW, fmt == at::MemoryFormat::ChannelsLast, dtype);
+  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  const index_t P = periodic_width(C, HW, channels_last, dtype);
+  const Geometry g = kernel_geometry(N, C, HW, channels_last, dtype, P);
   std::vector<double> seg_mean(g.tasks() * g.block), seg_m2(g.tasks() * g.block);
+  // Per-column statistics and parameters of the periodic view (the real ones without it).
+  const at::Tensor mean_k = P ? at::empty({N, P}, mean.options()) : mean;
+  const at::Tensor rstd_k = P ? at::empty({N, P}, rstd.options()) : rstd;
+  const at::Tensor weight_k = P ? expand_periodic(weight, C, P) : weight;
+  const at::Tensor bias_k = P ? expand_periodic(bias, C, P) : bias;
 
   FwdJob job{g, dtype, int(activation), negative_slope, x.const_data_ptr(), output.data_ptr(),
-             mean.data_ptr(), rstd.data_ptr(),
-             weight.defined() ? weight.const_data_ptr() : nullptr,
-             bias.defined() ? bias.const_data_ptr() : nullptr,
+             mean_k.data_ptr(), rstd_k.data_ptr(),
+             weight_k.defined() ? weight_k.const_data_ptr() : nullptr,
+             bias_k.defined() ? bias_k.const_data_ptr() : nullptr,
              weight.defined() && weight.dim() == 2, bias.defined() && bias.dim() == 2,
              seg_mean.data(), seg_m2.data(), use_streaming(output, g, /*forward=*/true)};
   const KernelTable& k = kernels();
@@ -496,8 +564,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
     k.fwd_apply(job, t0, t1);
   };
   std::function<void(index_t)> finalize = [&](index_t u) {
-    if (acc == at::kDouble) fwd_finalize<double>(job, u, eps);
-    else fwd_finalize<float>(job, u, eps);
+    if (acc == at::kDouble) fwd_finalize<double>(job, u, eps, P ? C : 0, mean.data_ptr(), rstd.data_ptr());
+    else fwd_finalize<float>(job, u, eps, P ? C : 0, mean.data_ptr(), rstd.data_ptr());
   };
   run_schedule(g, g.HW * g.block * int64_t(input.element_size()), stats, finalize, &apply);
   return {output, mean, rstd};
@@ -551,15 +619,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd(
   const at::Tensor mean = mean_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous();
   const DType dtype = dtype_of(input);
-  const Geometry g = make_geometry(N, C, HW, fmt == at::MemoryFormat::ChannelsLast, dtype);
+  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  const index_t P = periodic_width(C, HW, channels_last, dtype);
+  const Geometry g = kernel_geometry(N, C, HW, channels_last, dtype, P);
   std::vector<double> seg_sum_dz(g.tasks() * g.block), seg_sum_dz_xc(g.tasks() * g.block);
   std::vector<double> dgamma(N * C), dbeta(N * C);
-  at::Tensor coef = at::empty({N, C, 3}, input.options().dtype(acc));
+  at::Tensor coef = at::empty({N, g.C, 3}, input.options().dtype(acc));
+  // The periodic view's per-column statistics and parameters (forward: the same view).
+  const at::Tensor mean_k = P ? expand_periodic(mean, C, P) : mean;
+  const at::Tensor rstd_k = P ? expand_periodic(rstd, C, P) : rstd;
+  const at::Tensor weight_k = P ? expand_periodic(weight, C, P) : weight;
+  const at::Tensor bias_k = P ? expand_periodic(bias, C, P) : bias;
 
   BwdJob job{g, dtype, int(activation), negative_slope, x.const_data_ptr(), gy.const_data_ptr(),
-             want_input ? grad_input.data_ptr() : nullptr, mean.const_data_ptr(),
-             rstd.const_data_ptr(), weight.defined() ? weight.const_data_ptr() : nullptr,
-             bias.defined() ? bias.const_data_ptr() : nullptr,
+             want_input ? grad_input.data_ptr() : nullptr, mean_k.const_data_ptr(),
+             rstd_k.const_data_ptr(), weight_k.defined() ? weight_k.const_data_ptr() : nullptr,
+             bias_k.defined() ? bias_k.const_data_ptr() : nullptr,
              weight.defined() && weight.dim() == 2, bias.defined() && bias.dim() == 2,
              seg_sum_dz.data(), seg_sum_dz_xc.data(), coef.data_ptr(),
              want_input && use_streaming(grad_input, g, /*forward=*/false)};
@@ -571,8 +646,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd(
     k.bwd_apply(job, t0, t1);
   };
   std::function<void(index_t)> finalize = [&](index_t u) {
-    if (acc == at::kDouble) bwd_finalize<double>(job, u, dgamma.data(), dbeta.data());
-    else bwd_finalize<float>(job, u, dgamma.data(), dbeta.data());
+    if (acc == at::kDouble) bwd_finalize<double>(job, u, P ? C : 0, dgamma.data(), dbeta.data());
+    else bwd_finalize<float>(job, u, P ? C : 0, dgamma.data(), dbeta.data());
   };
   run_schedule(g, 2 * g.HW * g.block * int64_t(input.element_size()), sums, finalize,
                want_input ? &apply : nullptr);
