@@ -1,6 +1,7 @@
 """First benchmark of the fused instance norm + ReLU (CPU): times against a same-size copy.
 
     python benchmarks/bench_instance_norm.py [--csv out.csv] [--quick] [--threads 2]
+                                             [--shapes 1x3x256x256,4x8x256x256]
 
 For each shape of the Johnson generator and each of float32 NCHW, float32 channels_last and
 bfloat16 NCHW it times, interleaved round by round so that all providers share the same noise:
@@ -54,6 +55,18 @@ def _quantile(values: list[float], q: float) -> float:
     pos = q * (len(values) - 1)
     lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    shapes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"--shapes: expected N x C x H x W with positive integers (e.g. 4x8x256x256), "
+                f"got {item!r}")
+        shapes.append(tuple(int(p) for p in parts))
+    return shapes
 
 
 def providers(x: torch.Tensor) -> dict[tuple[str, str], callable]:
@@ -129,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two shapes, few repeats (smoke run)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration")
+    parser.add_argument("--shapes", type=_parse_shapes, default=None, metavar="NxCxHxW,...",
+                        help="comma-separated shapes instead of the Johnson generator's")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="statistic shown in the table (CSV has median, p20, p80); on a busy "
                              "machine min estimates the undisturbed time better")
@@ -138,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print("the cpu backend is not available: " + sf.backends.unavailable_reason("cpu"))
         return 1
     torch.set_num_threads(args.threads)
-    shapes = SHAPES[1:3] if args.quick else SHAPES
+    shapes = args.shapes or (SHAPES[1:3] if args.quick else SHAPES)
     repeats = args.repeats or (3 if args.quick else 11)
     warmup = 1 if args.quick else 2
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
