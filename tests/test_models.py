@@ -161,6 +161,44 @@ def test_johnson_channels_last_option_is_checked():
     assert JohnsonNet("instance", channels_last=True).channels_last is True
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("noise_channels", [0, 2])
+def test_default_texture_fused_computes_channels_last(layout, noise_channels):
+    # On CPU the fused TextureNet computes in channels_last (its 8..48-channel norms run in
+    # place there); the output keeps the caller's layout and matches the plain model.
+    plain = perturbed(TextureNet("instance", noise_channels=noise_channels))
+    fused = same_weights(plain, "fused")
+    x = make_input((2, 3, 70, 66), layout=layout, mean=120.0, std=60.0)
+    noise = None
+    if noise_channels:
+        gen = torch.Generator().manual_seed(5)
+        sizes = [(-(-70 // 32) * 32) >> (5 - k) for k in range(6)]
+        widths = [(-(-66 // 32) * 32) >> (5 - k) for k in range(6)]
+        noise = [torch.rand(2, noise_channels, max(h, 2), max(w, 2), generator=gen)
+                 for h, w in zip(sizes, widths)]
+    seen = {}
+    hook = fused.merges[-1].register_forward_pre_hook(lambda m, a: seen.update(last=a[0]))
+    with torch.no_grad():
+        expected = plain(x.contiguous(), noise)
+        actual = fused(x, noise)
+    hook.remove()
+    assert seen["last"].is_contiguous(memory_format=torch.channels_last)
+    assert actual.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                                else torch.contiguous_format)
+    scale = expected.abs().max().item()
+    assert_close(actual, expected, atol=5e-4 * max(scale, 1.0), rtol=1e-3)
+    nchw = same_weights(plain, "fused")
+    nchw.channels_last = False
+    with torch.no_grad():
+        assert_close(nchw(x, noise), expected, atol=5e-4 * max(scale, 1.0), rtol=1e-3)
+
+
+def test_texture_channels_last_option_is_checked():
+    with pytest.raises(ValueError, match="TextureNet: channels_last"):
+        TextureNet(channels_last="yes")
+    assert TextureNet("instance", channels_last=True).channels_last is True
+
+
 @pytest.mark.parametrize("size", [(37, 45), (70, 33)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("kwargs", [dict(), dict(activation="leaky_relu", negative_slope=0.2)])

@@ -77,6 +77,11 @@ class TextureNet(nn.Module):
         activation: ``"relu"`` or ``"leaky_relu"`` (some texture_nets versions).
         negative_slope: slope of ``"leaky_relu"``.
         padding_mode: ``"replicate"`` (texture_nets) or ``"reflect"`` / ``"zeros"``.
+        channels_last: compute in the channels_last memory format (input and output keep their
+            own layout). None (default): yes for ``norm="fused"`` on CPU, where the fused norms
+            handle 8..48 channels in place (measured 0.47x the eager model's time at 512²,
+            against 0.76x in NCHW); no otherwise. A runtime choice, not part of the
+            architecture.
 
     Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``, any H, W >= 1.
     """
@@ -95,9 +100,14 @@ class TextureNet(nn.Module):
         activation: str = "relu",
         negative_slope: float = 0.01,
         padding_mode: str = "replicate",
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         fn = type(self).__name__
+        if channels_last not in (None, True, False):
+            raise ValueError(f"{fn}: channels_last must be None, True or False, "
+                             f"got {channels_last!r}")
+        self.channels_last = channels_last
         check_choice(fn, "norm", norm, NORMS)
         check_choice(fn, "activation", activation, ACTIVATIONS)
         check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
@@ -133,7 +143,25 @@ class TextureNet(nn.Module):
     def forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C_out, H, W)``. ``noise`` (optional, only with
         ``noise_channels``): one ``(N, noise_channels, H_k, W_k)`` tensor per scale, coarsest
-        first, at the padded sizes; drawn uniformly in [0, 1) when not given."""
+        first, at the padded sizes; drawn uniformly in [0, 1) when not given. The output has
+        the input's memory format."""
+        # Not ops.common.output_memory_format: under the ONNX exporter's tracing its stride
+        # arithmetic yields tensors, not a bool.
+        out_format = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
+        compute_format = torch.contiguous_format
+        if self._computes_channels_last(x):
+            compute_format = torch.channels_last
+            x = x.contiguous(memory_format=compute_format)
+        return self._forward(x, noise, compute_format).contiguous(memory_format=out_format)
+
+    def _computes_channels_last(self, x: torch.Tensor) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return self.norm == "fused" and x.device.type == "cpu"
+
+    def _forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None,
+                 compute_format: torch.memory_format) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         m = self.internal_multiple
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
@@ -158,7 +186,8 @@ class TextureNet(nn.Module):
                 else:
                     extra = torch.rand(z.shape[0], self.noise_channels, z.shape[2], z.shape[3],
                                        dtype=z.dtype, device=z.device)
-                z = torch.cat([z, extra.to(z)], dim=1)
+                # cat of mixed layouts gives NCHW: keep the computing layout.
+                z = torch.cat([z, extra.to(z)], dim=1).contiguous(memory_format=compute_format)
             z = self.branches[k](z)
             if k == 0:
                 path = z
