@@ -27,6 +27,23 @@ def _leaf(t: torch.Tensor | None, wanted: bool) -> torch.Tensor | None:
     return None if t is None else t.detach().clone().requires_grad_(wanted)
 
 
+def _check_against_reference(op, reference_op, tensors, need, args, gen):
+    """op(*tensors, *args) and reference_op on separate leaves (requires_grad per need): same
+    output, and the same gradient for every present tensor that requires one."""
+    got_in = [_leaf(t, n) for t, n in zip(tensors, need)]
+    ref_in = [_leaf(t, n) for t, n in zip(tensors, need)]
+    y = op(*got_in, *args)
+    y_ref = reference_op(*ref_in, *args)
+    assert_close(y, y_ref, **F64)
+    gy = make_input(y.shape, torch.float64, generator=gen)
+    wanted = [i for i, t in enumerate(got_in) if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(y, [got_in[i] for i in wanted], gy)
+    grads_ref = torch.autograd.grad(y_ref, [ref_in[i] for i in wanted], gy)
+    for i, g, g_ref in zip(wanted, grads, grads_ref):
+        assert g.shape == got_in[i].shape
+        assert_close(g, g_ref, **F64)
+
+
 # (weight present, bias present) x which of (input, weight, bias) require grad
 IN_CASES = [
     pytest.param(has_w, has_b, need, id=f"w{int(has_w)}b{int(has_b)}-need{''.join(map(str, map(int, need)))}")
@@ -42,18 +59,10 @@ def test_instance_norm_gradients_reach_the_right_tensor(has_w, has_b, need):
     x0 = make_input((2, 3, 5, 4), torch.float64, generator=gen)
     w0 = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5 if has_w else None
     b0 = torch.randn(3, generator=gen, dtype=torch.float64) if has_b else None
-    gy = make_input(x0.shape, torch.float64, generator=gen)
-    got_in = [_leaf(x0, need[0]), _leaf(w0, need[1]), _leaf(b0, need[2])]
-    ref_in = [_leaf(x0, need[0]), _leaf(w0, need[1]), _leaf(b0, need[2])]
-    y = ops.instance_norm_fwd(*got_in, 1e-5, 2, 0.1)[0]
-    y_ref = instance_norm_reference.instance_norm_forward(*ref_in, 1e-5, 2, 0.1)[0]
-    assert_close(y, y_ref, **F64)
-    wanted = [i for i, t in enumerate(got_in) if t is not None and t.requires_grad]
-    grads = torch.autograd.grad(y, [got_in[i] for i in wanted], gy)
-    grads_ref = torch.autograd.grad(y_ref, [ref_in[i] for i in wanted], gy)
-    for i, g, g_ref in zip(wanted, grads, grads_ref):
-        assert g.shape == got_in[i].shape
-        assert_close(g, g_ref, **F64)
+    _check_against_reference(
+        lambda *a: ops.instance_norm_fwd(*a)[0],
+        lambda *a: instance_norm_reference.instance_norm_forward(*a)[0],
+        (x0, w0, b0), need, (1e-5, 2, 0.1), gen)
 
 
 def test_instance_norm_statistics_are_not_differentiable():
@@ -86,18 +95,11 @@ def test_padded_conv_gradients_reach_the_right_tensor(has_bias, need):
     x0 = make_input((2, 3, 7, 6), torch.float64, generator=gen)
     w0 = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
     b0 = torch.randn(4, generator=gen, dtype=torch.float64) if has_bias else None
-    got_in = [_leaf(x0, need[0]), _leaf(w0, need[1]), _leaf(b0, need[2])]
-    ref_in = [_leaf(x0, need[0]), _leaf(w0, need[1]), _leaf(b0, need[2])]
-    y = ops.padded_conv2d_fwd(*got_in, [2, 1], [1, 2], 1)
-    y_ref = padded_conv_reference.padded_conv2d_forward(*ref_in, (2, 1), (1, 2), 1)
-    assert_close(y, y_ref, **F64)
-    gy = make_input(y.shape, torch.float64, generator=gen)
-    wanted = [i for i, t in enumerate(got_in) if t is not None and t.requires_grad]
-    grads = torch.autograd.grad(y, [got_in[i] for i in wanted], gy)
-    grads_ref = torch.autograd.grad(y_ref, [ref_in[i] for i in wanted], gy)
-    for i, g, g_ref in zip(wanted, grads, grads_ref):
-        assert g.shape == got_in[i].shape
-        assert_close(g, g_ref, **F64)
+    _check_against_reference(
+        lambda x, w, b, *a: ops.padded_conv2d_fwd(x, w, b, [2, 1], [1, 2], *a),
+        lambda x, w, b, *a: padded_conv_reference.padded_conv2d_forward(x, w, b, (2, 1), (1, 2),
+                                                                         *a),
+        (x0, w0, b0), need, (1,), gen)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

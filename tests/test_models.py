@@ -121,6 +121,19 @@ def test_johnson_fused_matches_instance(variant, size, layout):
     assert_close(actual, expected, atol=2e-5 * max(scale, 1.0), rtol=1e-4)
 
 
+def _check_layout_and_nchw_choice(plain, x, actual, expected, layout, rel_atol, rtol, *args):
+    """A fused model's output keeps the caller's layout and matches ``expected``; so does the
+    same model told to compute in NCHW (channels_last=False)."""
+    assert actual.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                                else torch.contiguous_format)
+    atol = rel_atol * max(expected.abs().max().item(), 1.0)
+    assert_close(actual, expected, atol=atol, rtol=rtol)
+    nchw = same_weights(plain, "fused")
+    nchw.channels_last = False
+    with torch.no_grad():
+        assert_close(nchw(x, *args), expected, atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_default_johnson_fused_computes_channels_last_with_its_cpu_algorithms(layout):
     # The full-width net: on CPU the fused model computes in channels_last, where the residual
@@ -144,15 +157,7 @@ def test_default_johnson_fused_computes_channels_last_with_its_cpu_algorithms(la
         assert cpu_algorithm(seen["res"], conv.weight, (1, 1), (1, 1), 1) == "winograd"
         last = fused.deconv3.conv2d
         assert cpu_algorithm(seen["last"], last.weight, (1, 1), (4, 4), 1) == "direct"
-    # the output keeps the caller's layout
-    assert actual.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
-                                else torch.contiguous_format)
-    scale = expected.abs().max().item()
-    assert_close(actual, expected, atol=1e-4 * max(scale, 1.0), rtol=1e-4)
-    nchw = same_weights(plain, "fused")
-    nchw.channels_last = False
-    with torch.no_grad():
-        assert_close(nchw(x), expected, atol=1e-4 * max(scale, 1.0), rtol=1e-4)
+    _check_layout_and_nchw_choice(plain, x, actual, expected, layout, 1e-4, 1e-4)
 
 
 def test_johnson_channels_last_option_is_checked():
@@ -183,14 +188,7 @@ def test_default_texture_fused_computes_channels_last(layout, noise_channels):
         actual = fused(x, noise)
     hook.remove()
     assert seen["last"].is_contiguous(memory_format=torch.channels_last)
-    assert actual.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
-                                else torch.contiguous_format)
-    scale = expected.abs().max().item()
-    assert_close(actual, expected, atol=5e-4 * max(scale, 1.0), rtol=1e-3)
-    nchw = same_weights(plain, "fused")
-    nchw.channels_last = False
-    with torch.no_grad():
-        assert_close(nchw(x, noise), expected, atol=5e-4 * max(scale, 1.0), rtol=1e-3)
+    _check_layout_and_nchw_choice(plain, x, actual, expected, layout, 5e-4, 1e-3, noise)
 
 
 def test_texture_channels_last_option_is_checked():

@@ -11,8 +11,10 @@ from .layers import (
     PADDING_MODES,
     ConvLayer,
     UpsampleConvLayer,
+    check_channels_last,
     check_choice,
     check_positive_int,
+    generator_layouts,
     make_activation,
     make_norm,
 )
@@ -90,9 +92,7 @@ class JohnsonNet(nn.Module):
         check_positive_int(fn, "out_channels", out_channels)
         if final_kernel not in (1, 3, 5, 7, 9):
             raise ValueError(f"{fn}: final_kernel must be an odd int in 1..9, got {final_kernel!r}")
-        if channels_last not in (None, True, False):
-            raise ValueError(f"{fn}: channels_last must be None, True or False, "
-                             f"got {channels_last!r}")
+        check_channels_last(fn, channels_last)
         self.channels_last = channels_last
         if tanh_scale is not None and not (isinstance(tanh_scale, (int, float))
                                            and tanh_scale > 0):
@@ -125,20 +125,12 @@ class JohnsonNet(nn.Module):
         self.relu = nn.Identity() if fused else make_activation("relu")
         self.num_residual = num_residual
 
-    def _computes_channels_last(self, x: torch.Tensor) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        return self.norm == "fused" and x.device.type == "cpu"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` RGB 0-255 -> stylised ``(N, C_out, H, W)`` (for H, W multiples of 4),
         in the input's memory format."""
-        # Not ops.common.output_memory_format: under the ONNX exporter's tracing its stride
-        # arithmetic yields tensors, not a bool.
-        out_format = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
-            memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
-        if self._computes_channels_last(x):
-            x = x.contiguous(memory_format=torch.channels_last)
+        compute_format, out_format = generator_layouts(x, self.channels_last, self.norm)
+        if compute_format == torch.channels_last:
+            x = x.contiguous(memory_format=compute_format)
         y = self._forward(x)
         return y.contiguous(memory_format=out_format)
 

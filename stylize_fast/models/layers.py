@@ -32,6 +32,25 @@ def check_positive_int(fn: str, name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
 
 
+def check_channels_last(fn: str, value) -> None:
+    if value not in (None, True, False):
+        raise ValueError(f"{fn}: channels_last must be None, True or False, got {value!r}")
+
+
+def generator_layouts(x: torch.Tensor, channels_last: bool | None,
+                      norm: str) -> tuple[torch.memory_format, torch.memory_format]:
+    """(layout a generator computes in, layout it returns) for input ``x``. ``channels_last``
+    None: channels_last for ``norm="fused"`` on CPU, where the fused kernels are
+    channels_last-native. The output keeps the input's layout."""
+    # Not ops.common.output_memory_format: under the ONNX exporter's tracing its stride
+    # arithmetic yields tensors, not a bool.
+    out_format = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
+        memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
+    if channels_last is None:
+        channels_last = norm == "fused" and x.device.type == "cpu"
+    return (torch.channels_last if channels_last else torch.contiguous_format), out_format
+
+
 _warned_no_padded_conv = False
 
 

@@ -10,8 +10,10 @@ from .layers import (
     ACTIVATIONS,
     NORMS,
     PADDING_MODES,
+    check_channels_last,
     check_choice,
     check_positive_int,
+    generator_layouts,
     make_norm,
     make_padded_conv,
 )
@@ -104,9 +106,7 @@ class TextureNet(nn.Module):
     ) -> None:
         super().__init__()
         fn = type(self).__name__
-        if channels_last not in (None, True, False):
-            raise ValueError(f"{fn}: channels_last must be None, True or False, "
-                             f"got {channels_last!r}")
+        check_channels_last(fn, channels_last)
         self.channels_last = channels_last
         check_choice(fn, "norm", norm, NORMS)
         check_choice(fn, "activation", activation, ACTIVATIONS)
@@ -145,20 +145,10 @@ class TextureNet(nn.Module):
         ``noise_channels``): one ``(N, noise_channels, H_k, W_k)`` tensor per scale, coarsest
         first, at the padded sizes; drawn uniformly in [0, 1) when not given. The output has
         the input's memory format."""
-        # Not ops.common.output_memory_format: under the ONNX exporter's tracing its stride
-        # arithmetic yields tensors, not a bool.
-        out_format = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
-            memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
-        compute_format = torch.contiguous_format
-        if self._computes_channels_last(x):
-            compute_format = torch.channels_last
+        compute_format, out_format = generator_layouts(x, self.channels_last, self.norm)
+        if compute_format == torch.channels_last:
             x = x.contiguous(memory_format=compute_format)
         return self._forward(x, noise, compute_format).contiguous(memory_format=out_format)
-
-    def _computes_channels_last(self, x: torch.Tensor) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        return self.norm == "fused" and x.device.type == "cpu"
 
     def _forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None,
                  compute_format: torch.memory_format) -> torch.Tensor:
