@@ -187,7 +187,7 @@ setup(
         "video": ["av"],
         "png16": ["pypng"],
         "export": ["onnx", "onnxruntime"],
-        "dev": ["pytest", "pytest-benchmark", "matplotlib", "ruff", "expecttest", "hypothesis"],
+        "dev": ["pytest", "pytest-benchmark", "matplotlib", "ruff", "expecttest"],
     },
     entry_points={"console_scripts": ["stylize-fast=stylize_fast.cli:main"]},
     zip_safe=False,

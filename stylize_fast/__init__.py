@@ -5,11 +5,11 @@ plain PyTorch reference), drop-in layers, both generators of Ulyanov et al. (201
 and real-time inference.
 """
 
-from . import backends, functional, ops  # noqa: F401  (ops registers every backend)
+from . import backends, config, functional, ops  # noqa: F401  (ops registers every backend)
 from ._version import __version__
 from .nn import FusedInstanceNorm2d, PaddedConv2d, fuse
 
-__all__ = ["__version__", "backends", "functional", "models", "inference", "training", "Stylizer",
+__all__ = ["__version__", "backends", "config", "functional", "models", "inference", "training", "Stylizer",
            "FusedInstanceNorm2d", "PaddedConv2d", "fuse"]
 
 

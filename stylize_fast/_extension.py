@@ -16,6 +16,9 @@ def _load() -> str | None:
         from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
+    if not hasattr(torch.ops.stylize_fast, "set_option"):
+        # Options reach C++ through this op (stylize_fast/config.py); an older build lacks it.
+        return "the compiled extension is older than this package (no set_option op); rebuild it"
     return None
 
 

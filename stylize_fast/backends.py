@@ -3,7 +3,8 @@
 Every op (``"instance_norm"``, ``"padded_conv2d"``, ...) registers one implementation per backend
 with :func:`register`. :func:`select` picks one for a given input:
 
-* forced by :func:`use` (innermost wins) or the ``STYLIZE_FAST_BACKEND`` environment variable:
+* forced by :func:`use` (innermost wins) or the ``STYLIZE_FAST_BACKEND`` environment variable
+  (read by :mod:`stylize_fast.config`; ``config.override(backend=...)`` sets it in code):
   that backend or a clear error, never a silent substitute;
 * otherwise automatic: CUDA tensors -> ``cuda``, else ``triton``, else ``reference``;
   CPU tensors -> ``cpu``, else ``reference``. An automatic choice that cannot run this input
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from . import _extension
+from . import _extension, config
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
-ENV_VAR = "STYLIZE_FAST_BACKEND"
+ENV_VAR = config.OPTIONS["backend"].variable  # STYLIZE_FAST_BACKEND
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
 
@@ -78,9 +78,7 @@ def _triton_importable() -> bool:
     return _TRITON_IMPORTABLE
 
 
-def triton_interpreted() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+triton_interpreted = config.triton_interpreted
 
 
 def available() -> dict[str, bool]:
@@ -145,10 +143,8 @@ def forced() -> str | None:
     """The backend forced by ``use`` or ``STYLIZE_FAST_BACKEND``, or None for automatic."""
     if _forced_stack:
         return _forced_stack[-1]
-    env = os.environ.get(ENV_VAR, "").strip().lower()
-    if env in ("", "auto"):
-        return None
-    return _check_name(env, f"environment variable {ENV_VAR}")
+    name = config.get("backend")  # checked by config: auto or one of BACKENDS
+    return None if name == "auto" else name
 
 
 def select(op: str, input: torch.Tensor, *args) -> tuple[str, Callable]:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 SUBCOMMANDS = ("stylize", "train", "bench", "export", "experiment", "info")
+
+
+def _unavailable(name: str, exc: ImportError):
+    def run(args) -> int:
+        raise RuntimeError(f"the {name} command cannot load: {type(exc).__name__}: {exc}")
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stylize_fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        module_name = f"{__package__}.commands.{name}"
-        if importlib.util.find_spec(module_name) is None:
+        try:
+            module = importlib.import_module(f"{__package__}.commands.{name}")
+        except ImportError as exc:
+            # Say why a subcommand is missing instead of dropping it from the list.
+            cmd = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False)
+            cmd.set_defaults(_run=_unavailable(name, exc), _unavailable=True)
             continue
-        module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
@@ -36,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_unavailable", False):  # its arguments are unknown
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2

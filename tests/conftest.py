@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 import stylize_fast as sf  # noqa: E402
 
-LARGE = os.environ.get("STYLIZE_FAST_LARGE", "0") == "1"
+LARGE = sf.config.get("large")  # STYLIZE_FAST_LARGE
 # Backends that run on CPU tensors on this machine, the reference last (it is also ground truth).
 CPU_TENSOR_BACKENDS = [b for b in ("cpu", "triton", "reference") if sf.backends.available()[b]]
 CUDA_TENSOR_BACKENDS = [b for b in ("cuda", "triton", "reference")

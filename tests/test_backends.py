@@ -44,12 +44,15 @@ def test_use_nests_and_restores():
 
 
 def test_environment_variable_sets_default(monkeypatch):
-    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert sf.config.from_environ({backends.ENV_VAR: " Reference"})["backend"] == "reference"
+    monkeypatch.setitem(sf.config.options, "backend", "reference")
     assert backends.select("instance_norm", torch.randn(1, 1, 2, 2), None, None)[0] == "reference"
-    monkeypatch.setenv(backends.ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="STYLIZE_FAST_BACKEND"):
-        backends.select("instance_norm", torch.randn(1, 1, 2, 2), None, None)
-    monkeypatch.setenv(backends.ENV_VAR, "auto")
+        sf.config.from_environ({backends.ENV_VAR: "bogus"})
+    with pytest.raises(ValueError, match="STYLIZE_FAST_BACKEND"):
+        monkeypatch.setitem(sf.config.options, "backend", "bogus")
+    assert backends.forced() == "reference"  # the bad value was not taken
+    monkeypatch.setitem(sf.config.options, "backend", "auto")
     assert backends.forced() is None
 
 

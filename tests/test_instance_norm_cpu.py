@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
 
 ops = torch.ops.stylize_fast
-RELU, LEAKY = 1, 2
+RELU, LEAKY = sf.ops.common.Activation.RELU, sf.ops.common.Activation.LEAKY_RELU
 
 
 def _stats_dtype(dtype):
@@ -208,8 +208,7 @@ BF16 = "avx512_bf16"  # AVX-512 + AVX512-BF16: float -> bfloat16 with vcvtne(2)p
 
 def _supported_levels(monkeypatch=None):
     if monkeypatch is not None:
-        monkeypatch.delenv("STYLIZE_FAST_CPU_ISA", raising=False)
-        monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+        monkeypatch.setitem(sf.config.options, "cpu_isa", None)
     best = ops.instance_norm_cpu_isa()
     return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else [best]
 
@@ -223,7 +222,7 @@ def _need_bf16_level(monkeypatch):
 def test_each_instruction_set(level, monkeypatch):
     if level not in _supported_levels():
         pytest.skip(f"this CPU does not run {level}")
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
     assert ops.instance_norm_cpu_isa() == level
     for dtype, shape, layout, act in ((torch.float32, (2, 3, 17, 19), "contiguous", LEAKY),
                                       (torch.float32, (2, 3, 17, 19), "contiguous", RELU),
@@ -239,18 +238,20 @@ def test_each_instruction_set(level, monkeypatch):
 
 @pytest.mark.parametrize("value", ["sse9", "avx512bf16", "AVX512_BF16", "avx512-bf16"])
 def test_bad_isa_variable(value, monkeypatch):
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", value)
+    with pytest.raises(sf.config.ConfigError, match="STYLIZE_FAST_CPU_ISA must be one of default, "
+                                                    "avx2, avx512, avx512_bf16"):
+        monkeypatch.setitem(sf.config.options, "cpu_isa", value)
     with pytest.raises(RuntimeError, match="STYLIZE_FAST_CPU_ISA must be one of default, avx2, "
                                            "avx512, avx512_bf16"):
-        ops.instance_norm_fwd(make_input((1, 2, 3, 3)), None, None, 1e-5, 0, 0.0)
+        ops.set_option("cpu_isa", value)  # the C++ side checks what it is given too
 
 
 def test_avx512_bf16_level_is_reported(monkeypatch):
     _need_bf16_level(monkeypatch)
     assert ops.instance_norm_cpu_isa() == BF16  # the CPU's best when nothing caps it
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", BF16)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", BF16)
     assert ops.instance_norm_cpu_isa() == BF16
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", "avx512")  # still caps below the BF16 level
+    monkeypatch.setitem(sf.config.options, "cpu_isa", "avx512")  # still caps below the BF16 level
     assert ops.instance_norm_cpu_isa() == "avx512"
 
 
@@ -271,7 +272,7 @@ BF16_CASES = [
 @pytest.mark.parametrize("act", [0, RELU, LEAKY])
 def test_avx512_bf16_level_against_reference(shape, layout, act, monkeypatch):
     _need_bf16_level(monkeypatch)
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", BF16)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", BF16)
     x = make_input(shape, torch.bfloat16, layout)
     w, b = _affine("sample", shape[0], shape[1], torch.bfloat16)
     _check_op(x, w, b, act, 0.1)
@@ -291,7 +292,7 @@ def test_avx512_bf16_level_within_one_ulp_of_avx512(shape, layout, monkeypatch):
     gy = make_input(shape, torch.bfloat16, generator=torch.Generator().manual_seed(3))
     runs = {}
     for level in ("avx512", BF16):
-        monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+        monkeypatch.setitem(sf.config.options, "cpu_isa", level)
         y, m, r = ops.instance_norm_fwd(x, w, b, 1e-5, LEAKY, 0.1)
         gx, gw, gb = ops.instance_norm_bwd(gy, x, w, b, m, r, LEAKY, 0.1, [True] * 3)
         runs[level] = (y, gx, m, r, gw, gb)
@@ -311,7 +312,7 @@ def test_avx512_bf16_level_within_one_ulp_of_avx512(shape, layout, monkeypatch):
 def test_bf16_nan_stays_nan(level, act, shape, monkeypatch):
     if level not in _supported_levels(monkeypatch):
         pytest.skip(f"this CPU does not run {level}")
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
     x = make_input(shape, torch.bfloat16)
     x[0, 1, 2, 3] = float("nan")  # plane (0, 1): NaN mean, so every pre-activation is NaN
     neg_nan = torch.tensor([-0x3F], dtype=torch.int16).view(torch.bfloat16)  # 0xFFC1
@@ -345,7 +346,7 @@ def test_bf16_subnormal_outputs(shape, monkeypatch):
     w = torch.tensor([1e-39, 1.0])  # plane 0: scale = rstd * 1e-39, subnormal pre-activations
     outs = {}
     for level in ("avx512", BF16):
-        monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+        monkeypatch.setitem(sf.config.options, "cpu_isa", level)
         y, mean, rstd = ops.instance_norm_fwd(x, w, None, 1e-5, 0, 0.0)
         outs[level] = y.view(torch.int16)
     # The kernel's float pre-activation: (x - mean) * (rstd * w) (+ 0), one rounding each.
@@ -373,7 +374,7 @@ def test_streaming_stores_same_bits(shape, layout, dtype, monkeypatch):
     gy = make_input(shape, dtype)
     y0, m0, r0 = ops.instance_norm_fwd(x, w, b, 1e-5, RELU, 0.0)
     g0 = ops.instance_norm_bwd(gy, x, w, b, m0, r0, RELU, 0.0, [True] * 3)
-    monkeypatch.setenv("STYLIZE_FAST_CPU_STREAM_BYTES", "0")
+    monkeypatch.setitem(sf.config.options, "cpu_stream_bytes", "0")
     with poisoned_outputs():
         y1, _, _ = ops.instance_norm_fwd(x, w, b, 1e-5, RELU, 0.0)
         g1 = ops.instance_norm_bwd(gy, x, w, b, m0, r0, RELU, 0.0, [True] * 3)

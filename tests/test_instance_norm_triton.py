@@ -408,18 +408,18 @@ def test_cpu_tensors_rejected_without_interpreter(monkeypatch):
 
 
 @pytest.mark.parametrize("call,error,match", [
-    (lambda x, w, s: FWD(x[0], None, None, EPS, 0, SLOPE), ValueError, "input must have 4"),
-    (lambda x, w, s: FWD(x.int(), None, None, EPS, 0, SLOPE), TypeError, "input must be float"),
-    (lambda x, w, s: FWD(x, w[:2], None, EPS, 0, SLOPE), ValueError, r"weight must have shape"),
-    (lambda x, w, s: FWD(x, None, w.double(), EPS, 0, SLOPE), TypeError, "bias must have the st"),
-    (lambda x, w, s: FWD(x, None, None, EPS, 3, SLOPE), ValueError, "activation must be"),
-    (lambda x, w, s: FWD(x, None, None, -1.0, 0, SLOPE), ValueError, "eps must be"),
-    (lambda x, w, s: BWD(x[:1], x, None, None, *s, 0, SLOPE, [True, True, True]), ValueError,
+    (lambda x, w, s: FWD(x[0], None, None, EPS, 0, SLOPE), AssertionError, "input must have 4"),
+    (lambda x, w, s: FWD(x.int(), None, None, EPS, 0, SLOPE), AssertionError, "input must be float"),
+    (lambda x, w, s: FWD(x, w[:2], None, EPS, 0, SLOPE), AssertionError, r"weight must have shape"),
+    (lambda x, w, s: FWD(x, None, w.double(), EPS, 0, SLOPE), AssertionError, "bias must have the st"),
+    (lambda x, w, s: FWD(x, None, None, EPS, 3, SLOPE), AssertionError, "activation must be"),
+    (lambda x, w, s: FWD(x, None, None, -1.0, 0, SLOPE), AssertionError, "eps must be"),
+    (lambda x, w, s: BWD(x[:1], x, None, None, *s, 0, SLOPE, [True, True, True]), AssertionError,
      "grad_output must match"),
     (lambda x, w, s: BWD(x, x, None, None, s[0][:1], s[1], 0, SLOPE, [True, True, True]),
-     ValueError, "mean must be"),
+     AssertionError, "mean must be"),
     (lambda x, w, s: BWD(x, x, None, None, s[0], s[1].double(), 0, SLOPE, [True, True, True]),
-     ValueError, "rstd must be"),
+     AssertionError, "rstd must be"),
 ], ids=["3d", "int", "weight-shape", "bias-dtype", "activation", "eps", "grad-shape",
         "mean-shape", "rstd-dtype"])
 def test_bad_input_errors(call, error, match):

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
 
 ops = torch.ops.stylize_fast
-MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
+MODES = sf.ops.common.PADDING_MODE_NAMES  # name -> kernel code
 FEW_OUT = 8  # output channels the kernel always takes (kFewOut)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LEVELS = ["default", "avx2", "avx512", "avx512_bf16"]  # avx512_bf16 runs the avx512 conv kernels
@@ -46,7 +46,7 @@ LAYOUTS = ["contiguous", "channels_last", "strided", "sliced", "permuted", "chan
 
 @pytest.fixture(autouse=True)
 def _direct(monkeypatch):
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "direct")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "direct")
 
 
 def _tolerance(dtype):
@@ -331,8 +331,7 @@ def test_johnson_layer_dtypes(dtype, mode):
 
 
 def _supported_levels(monkeypatch):
-    monkeypatch.delenv("STYLIZE_FAST_CPU_ISA", raising=False)
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", None)
     best = ops.instance_norm_cpu_isa()
     return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else [best]
 
@@ -343,7 +342,7 @@ def _supported_levels(monkeypatch):
 def test_each_instruction_set(level, dtype, layout, monkeypatch):
     if level not in _supported_levels(monkeypatch):
         pytest.skip(f"this CPU does not run {level}")
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
     assert ops.instance_norm_cpu_isa() == level
     # bfloat16 channels_last stays with the library above 6 outputs (see test_choice_rule).
     top = 6 if dtype == torch.bfloat16 and layout == "channels_last" else FEW_OUT
@@ -359,7 +358,7 @@ def test_each_instruction_set(level, dtype, layout, monkeypatch):
 def test_each_instruction_set_groups_and_stride2(level, dtype, layout, monkeypatch):
     if level not in _supported_levels(monkeypatch):
         pytest.skip(f"this CPU does not run {level}")
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
     assert ops.instance_norm_cpu_isa() == level
     # Groups at stride 1 (bfloat16: from one input channel), channels-in-lanes (32, 64
     # channels_last outputs; the vector width differs per level), stride 2 with few and with
@@ -432,9 +431,9 @@ def test_refused_layers_stay_on_the_library(case, monkeypatch):
     x = _input(shape, dtype, layout)
     w, b = _params(o, shape[1], k, k, dtype)
     p = [k // 2, k // 2]
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     assert _algorithm(x, w, [s, s], p, "reflect") == "library"
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "direct")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "direct")
     with pytest.raises(RuntimeError, match="direct kernel does not handle"):
         ops.padded_conv2d_fwd(x, w, b, [s, s], p, MODES["reflect"])
 
@@ -457,7 +456,7 @@ def test_refused_layers_stay_on_the_library(case, monkeypatch):
 def test_choice_rule(case, expected, monkeypatch):
     # Without STYLIZE_FAST_CONV_ALGO: the direct kernel where it was measured faster.
     shape, o, k, dtype, layout = case
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     x = _input(shape, dtype, layout)
     w, _ = _params(o, shape[1], k, k, dtype)
     assert _algorithm(x, w, [1, 1], [k // 2, k // 2], "reflect") == expected
@@ -506,7 +505,7 @@ def test_choice_rule(case, expected, monkeypatch):
 ])
 def test_choice_rule_groups_and_stride2(case, expected, monkeypatch):
     shape, o, k, s, dtype, layout = case
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     x = _input(shape, dtype, layout)
     w, _ = _params(o, shape[1], k, k, dtype)
     assert _algorithm(x, w, [s, s], [k // 2, k // 2], "reflect") == expected
@@ -516,7 +515,7 @@ def test_choice_rule_groups_and_stride2(case, expected, monkeypatch):
 def test_public_function_johnson_layer(dtype, monkeypatch):
     # The generator's last layer through sf.functional on the cpu backend (algorithm chosen
     # automatically), against the eager F.pad + F.conv2d in float64.
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     x = _input((1, 32, 64, 64), dtype)
     w, b = _params(3, 32, 9, 9, dtype)
     assert _algorithm(x, w, [1, 1], [4, 4], "reflect") == "direct"
@@ -531,7 +530,7 @@ def test_public_function_johnson_layer(dtype, monkeypatch):
 def test_public_function_generator_layers(case, layout, monkeypatch):
     # Johnson's first layer and a downsampling layer through sf.functional on the cpu backend
     # (algorithm chosen automatically), against the eager F.pad + F.conv2d in float64.
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     shape, o, k, s = ((1, 3, 48, 40), 32, 9, 1) if case == "first" else ((2, 32, 24, 20), 64, 3, 2)
     x = _input(shape, torch.float32, layout)
     w, b = _params(o, shape[1], k, k)
@@ -567,9 +566,9 @@ def test_backward_input_gradient_runs_direct(monkeypatch, mode, layout, dtype, c
     w = (torch.randn(out_channels, channels, k, k, generator=g, dtype=torch.float64)
          * (channels * k * k) ** -0.5).to(dtype).requires_grad_(True)
     b = torch.randn(out_channels, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO")  # the forward: automatic choice
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)  # the forward: automatic choice
     y = ops.padded_conv2d_fwd(x, w, b, [1, 1], [pad, pad], MODES[mode])
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "direct")  # read when the backward runs
+    monkeypatch.setitem(sf.config.options, "conv_algo", "direct")  # read when the backward runs
     assert padded_conv.cpu_algorithm(x, w, (1, 1), (pad, pad), MODES[mode],
                                      input_grad=True) == "direct"
     x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))

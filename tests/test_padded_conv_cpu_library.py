@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
 
 ops = torch.ops.stylize_fast
-MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
+MODES = sf.ops.common.PADDING_MODE_NAMES  # name -> kernel code
 # (atol relative to the largest reference value, rtol) per dtype: half dtypes go through the
 # library's half convolutions (one rounding per product for float16 on some paths).
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5),
@@ -35,7 +35,7 @@ TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5),
 
 @pytest.fixture(autouse=True)
 def _library(monkeypatch):
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "library")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "library")
 
 
 def _params(o, c, kh, kw, dtype, seed=1):

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
 
 ops = torch.ops.stylize_fast
-MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
+MODES = sf.ops.common.PADDING_MODE_NAMES  # name -> kernel code
 MAX_OUT = 8  # kWgradMaxOut
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LEVELS = ["default", "avx2", "avx512"]
@@ -35,7 +35,7 @@ LEVELS = ["default", "avx2", "avx512"]
 
 @pytest.fixture(autouse=True)
 def _automatic(monkeypatch):
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO", raising=False)
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
 
 
 def _input(shape, dtype, layout, seed=0):
@@ -149,8 +149,7 @@ def test_many_rows_several_tasks_per_sample():
 
 
 def _supported_levels(monkeypatch):
-    monkeypatch.delenv("STYLIZE_FAST_CPU_ISA", raising=False)
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", None)
     best = ops.instance_norm_cpu_isa()
     return LEVELS[: LEVELS.index(best) + 1] if best in LEVELS else LEVELS
 
@@ -161,7 +160,7 @@ def _supported_levels(monkeypatch):
 def test_each_instruction_set(level, dtype, o, k, stride, monkeypatch):
     if level not in _supported_levels(monkeypatch):
         pytest.skip(f"this CPU does not run {level}")
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
     x, w, g = _case((2, 19, 15, 23), o, k, stride, dtype, "channels_last")
     pad = (k // 2, k // 2)
     _check(x, w, _grad_output(x, w, stride, pad, "channels_last", g), stride, pad, "reflect")
@@ -229,7 +228,7 @@ def test_public_function_backward_on_johnsons_last_layer():
 @pytest.mark.parametrize("forced,expected", [("library", "library"), ("winograd", "library"),
                                              ("direct", "direct"), ("auto", "direct")])
 def test_environment_override(forced, expected, monkeypatch):
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", forced)
+    monkeypatch.setitem(sf.config.options, "conv_algo", forced)
     x, w, g = _case((1, 6, 12, 10), 3, 3)
     assert padded_conv.cpu_algorithm(x, w, (1, 1), (1, 1), 1, weight_grad=True) == expected
     gy = _grad_output(x, w, 1, (1, 1), "contiguous", g)

@@ -21,7 +21,7 @@ from stylize_fast.testing import assert_all_written, assert_close, make_input, p
 pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
 
-MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
+MODES = sf.ops.common.PADDING_MODE_NAMES  # name -> kernel code
 F_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
 LEVELS = ["default", "avx2", "avx512", "avx512_bf16"]  # avx512_bf16 runs the avx512 conv kernels
 
@@ -60,7 +60,7 @@ def _algorithm(x, w, stride, padding, mode):
 
 @pytest.fixture
 def winograd(monkeypatch):
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "winograd")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "winograd")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -93,7 +93,7 @@ def test_forward_matches_reference(winograd, mode, layout, shape, out_channels, 
 def test_many_blocks_and_a_partial_last_block(winograd, monkeypatch, block):
     # 10 x 12 tiles per image in blocks of 6 / 12 / 7 (rounded to the kernel's row step): blocks
     # span tile rows, images, and the last one is partial.
-    monkeypatch.setenv("STYLIZE_FAST_WINOGRAD_BLOCK", block)
+    monkeypatch.setitem(sf.config.options, "winograd_block", block)
     x = make_input((2, 32, 37, 45), layout="channels_last")
     w, b = _weights(48, 32)
     with poisoned_outputs():
@@ -107,7 +107,7 @@ def test_each_instruction_set(winograd, monkeypatch, level):
     best = _op().instance_norm_cpu_isa()
     if LEVELS.index(level) > LEVELS.index(best):
         pytest.skip(f"this CPU does not run {level}")
-    monkeypatch.setenv("STYLIZE_FAST_CPU_ISA", level)
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
     for layout, dtype in itertools.product(("contiguous", "channels_last"),
                                            (torch.float32, torch.bfloat16)):
         x = make_input((1, 35, 13, 10), dtype, layout=layout)
@@ -176,7 +176,7 @@ def test_torch_compile_runs_the_same_kernel():
     pytest.param(dict(k=5), "library", id="5x5"),
 ])
 def test_automatic_algorithm(case, expected, monkeypatch):
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO", raising=False)
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     c, o, k = case.get("c", 32), case.get("o", 32), case.get("k", 3)
     dtype = case.get("dtype", torch.float32)
     x = make_input((1, c, 16, 16), dtype, case.get("layout", "channels_last"))
@@ -190,18 +190,19 @@ def test_automatic_algorithm(case, expected, monkeypatch):
 def test_forcing_an_algorithm_that_does_not_apply_is_a_clear_error(monkeypatch):
     x = make_input((1, 16, 8, 8))
     w = torch.randn(16, 16, 5, 5)
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "winograd")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "winograd")
     with pytest.raises(RuntimeError, match="Winograd F\\(4x4, 3x3\\) does not handle this layer"):
         _op().padded_conv2d_fwd(x, w, None, [1, 1], [2, 2], 1)
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "fastest")
+    with pytest.raises(sf.config.ConfigError, match="STYLIZE_FAST_CONV_ALGO must be one of"):
+        monkeypatch.setitem(sf.config.options, "conv_algo", "fastest")
     with pytest.raises(RuntimeError, match="STYLIZE_FAST_CONV_ALGO must be one of"):
-        _op().padded_conv2d_fwd(x, w, None, [1, 1], [2, 2], 1)
+        _op().set_option("conv_algo", "fastest")
 
 
 def test_library_algorithm_can_be_forced(monkeypatch):
     x = make_input((1, 32, 9, 9), layout="channels_last")
     w, b = _weights(32, 32)
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "library")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "library")
     assert _algorithm(x, w, (1, 1), (1, 1), "reflect") == "library"
     y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 1)
     assert_close(y, _expected(x, w, b, (1, 1), "reflect"), atol=1e-5, rtol=1e-5)
@@ -250,31 +251,30 @@ def test_backward_matches_reference(winograd, mode, layout, shape, out_channels,
 
 
 def test_backward_input_gradient_algorithm(monkeypatch):
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO", raising=False)
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     x = make_input((1, 32, 16, 16), layout="channels_last")
     w = torch.randn(32, 32, 3, 3)
     assert padded_conv_ops.cpu_algorithm(x, w, (1, 1), (1, 1), 1, input_grad=True) == "winograd"
     # padding beyond k - 1 has no zero-padded-convolution form; stride 2 none either
     assert padded_conv_ops.cpu_algorithm(x, w, (1, 1), (3, 3), 1, input_grad=True) == "library"
     assert padded_conv_ops.cpu_algorithm(x, w, (2, 2), (1, 1), 1, input_grad=True) == "library"
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "library")
+    monkeypatch.setitem(sf.config.options, "conv_algo", "library")
     assert padded_conv_ops.cpu_algorithm(x, w, (1, 1), (1, 1), 1, input_grad=True) == "library"
 
 
 @pytest.mark.parametrize("value", ["0", "-6", "12x", "many"])
 def test_bad_block_size_is_a_clear_error(winograd, monkeypatch, value):
-    monkeypatch.setenv("STYLIZE_FAST_WINOGRAD_BLOCK", value)
-    x = make_input((1, 16, 8, 8), layout="channels_last")
-    w, b = _weights(16, 16)
+    with pytest.raises(sf.config.ConfigError, match="STYLIZE_FAST_WINOGRAD_BLOCK must be a positive"):
+        monkeypatch.setitem(sf.config.options, "winograd_block", value)
     with pytest.raises(RuntimeError, match="STYLIZE_FAST_WINOGRAD_BLOCK must be a positive integer"):
-        _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 1)
+        _op().set_option("winograd_block", value)
 
 
 def test_bad_algorithm_name_in_the_backward_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv("STYLIZE_FAST_CONV_ALGO", raising=False)
+    monkeypatch.setitem(sf.config.options, "conv_algo", None)
     x = make_input((1, 32, 8, 8), layout="channels_last", requires_grad=True)
     w, b = _weights(32, 32)
     y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 1)
-    monkeypatch.setenv("STYLIZE_FAST_CONV_ALGO", "fastest")
-    with pytest.raises(RuntimeError, match="STYLIZE_FAST_CONV_ALGO must be one of"):
-        y.sum().backward()
+    with pytest.raises(sf.config.ConfigError, match="STYLIZE_FAST_CONV_ALGO must be one of"):
+        monkeypatch.setitem(sf.config.options, "conv_algo", "fastest")
+    y.sum().backward()  # the rejected value never reached the kernels

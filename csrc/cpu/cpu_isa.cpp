@@ -1,27 +1,10 @@
 #include "cpu/cpu_isa.h"
 
-#include <c10/util/Exception.h>
+#include "config.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <string>
 
 namespace stylize_fast {
-namespace {
-
-int parse_level(const char* name, const char* value) {
-  const std::string v(value);
-  if (v == "default") return 0;
-  if (v == "avx2") return 1;
-  if (v == "avx512") return 2;
-  if (v == "avx512_bf16") return 3;
-  TORCH_CHECK(std::strcmp(name, "ATEN_CPU_CAPABILITY") == 0, "environment variable ", name,
-              " must be one of default, avx2, avx512, avx512_bf16 (or unset), got '", v, "'");
-  return 3;  // torch's other capability names (sve, zvector, ...) do not cap x86 levels
-}
-
-}  // namespace
 
 int cpu_isa_supported() {
   static const int level = [] {
@@ -40,15 +23,9 @@ int cpu_isa_supported() {
 }
 
 int cpu_isa_level() {
-  int level = cpu_isa_supported();
-  for (const char* name : {"STYLIZE_FAST_CPU_ISA", "ATEN_CPU_CAPABILITY"}) {
-    const char* value = std::getenv(name);
-    if (value != nullptr && *value != '\0') {
-      level = std::min(level, parse_level(name, value));
-      break;
-    }
-  }
-  return level;
+  const int level = cpu_isa_supported();
+  const int cap = config::cpu_isa_cap();  // stylize_fast/config.py: STYLIZE_FAST_CPU_ISA
+  return cap < 0 ? level : std::min(level, cap);
 }
 
 const char* cpu_isa_name(int level) {

@@ -6,7 +6,7 @@
 // without a level-3 copy runs its level-2 one there (test `level >= 2`).
 // The level is the CPU's best, capped by STYLIZE_FAST_CPU_ISA = default | avx2 | avx512 |
 // avx512_bf16 (else by torch's ATEN_CPU_CAPABILITY, whose avx512 also caps at level 2) when set;
-// read on every call so tests can switch it.
+// the cap comes from stylize_fast/config.py through csrc/config.h, so config.override switches it.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

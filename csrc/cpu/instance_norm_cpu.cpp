@@ -40,6 +40,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "config.h"
 #include "cpu/cpu_isa.h"
 
 #include <algorithm>
@@ -447,9 +448,8 @@ int64_t last_level_cache_bytes() {
 // warm (1.4x against 2.1x), so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
 // (tests set 0 to cover the streaming path).
 int64_t stream_threshold_bytes() {
-  const char* value = std::getenv("STYLIZE_FAST_CPU_STREAM_BYTES");
-  if (value != nullptr && *value != '\0') return std::strtoll(value, nullptr, 10);
-  return last_level_cache_bytes() / 2;
+  const int64_t forced = config::cpu_stream_bytes();
+  return forced >= 0 ? forced : last_level_cache_bytes() / 2;
 }
 
 // Whether the output can be streamed: large enough, and a float / double output written in place

@@ -28,7 +28,7 @@
 // Johnson's last 9x9 32->3 layer at a fifth of its usual rate), few input channels with large
 // kernels and float32 stride-2 NCHW layers; and for 3x3 stride-1 layers Winograd F(4x4, 3x3)
 // padded_conv_cpu_winograd.cpp: 4x fewer multiplications). STYLIZE_FAST_CONV_ALGO = auto |
-// library | direct | winograd forces one (read on every call; tests use it);
+// library | direct | winograd forces one (through config.h; tests use config.override);
 // padded_conv2d_cpu_algorithm() says which one a call would run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "config.h"
 #include "cpu/padded_conv_cpu.h"
 
 namespace stylize_fast {
@@ -390,15 +391,14 @@ const char* algorithm_name(Algorithm a) {
   return a == Algorithm::kDirect ? "direct" : a == Algorithm::kWinograd ? "winograd" : "library";
 }
 
-// STYLIZE_FAST_CONV_ALGO, checked: "" (unset or auto), "library", "direct" or "winograd".
+// STYLIZE_FAST_CONV_ALGO as config.h holds it: "" (auto), "library", "direct" or "winograd".
 std::string forced_algorithm() {
-  const char* env = std::getenv("STYLIZE_FAST_CONV_ALGO");
-  std::string forced = env == nullptr ? "" : env;
-  if (forced == "auto") forced.clear();
-  TORCH_CHECK(forced.empty() || forced == "library" || forced == "direct" || forced == "winograd",
-              "environment variable STYLIZE_FAST_CONV_ALGO must be one of auto, library, "
-              "direct, winograd (or unset), got '", forced, "'");
-  return forced;
+  switch (config::conv_algo()) {
+    case config::ConvAlgo::kLibrary: return "library";
+    case config::ConvAlgo::kDirect: return "direct";
+    case config::ConvAlgo::kWinograd: return "winograd";
+    default: return "";
+  }
 }
 
 // The forward algorithm for this call: STYLIZE_FAST_CONV_ALGO when set, else the fastest that

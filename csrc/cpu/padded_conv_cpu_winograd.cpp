@@ -33,6 +33,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "config.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/padded_conv_cpu.h"
 
@@ -113,14 +114,7 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // (tuning only).
 int64_t block_size(int64_t Cpad, int64_t Opad, int64_t tiles, int row_step) {
   int64_t block = (768 * 1024) / (36 * (Cpad + Opad) * 4);
-  const char* env = std::getenv("STYLIZE_FAST_WINOGRAD_BLOCK");
-  if (env != nullptr && *env != '\0') {
-    char* end = nullptr;
-    const long long value = std::strtoll(env, &end, 10);
-    TORCH_CHECK(*end == '\0' && value >= 1, "environment variable STYLIZE_FAST_WINOGRAD_BLOCK "
-                "must be a positive integer (tiles per block), got '", env, "'");
-    block = value;
-  }
+  if (config::winograd_block() > 0) block = config::winograd_block();
   block = std::max<int64_t>(row_step, block / row_step * row_step);
   return std::min(block, round_up(tiles, row_step));
 }

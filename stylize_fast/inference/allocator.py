@@ -12,8 +12,7 @@ inference loop. Opt out with ``STYLIZE_FAST_NO_MALLOC_TUNING=1`` or
 
 from __future__ import annotations
 
-import os
-
+from .. import config
 from .._malloc import glibc, keep_freed_memory
 
 # Large enough never to trim during inference; fits in a C int as mallopt requires.
@@ -23,8 +22,7 @@ _state = {"tuned": False}
 
 
 def opted_out() -> bool:
-    return os.environ.get("STYLIZE_FAST_NO_MALLOC_TUNING", "").strip().lower() in (
-        "1", "true", "yes", "on")
+    return bool(config.get("no_malloc_tuning"))  # STYLIZE_FAST_NO_MALLOC_TUNING
 
 
 def tune_allocator(force: bool = False) -> bool:

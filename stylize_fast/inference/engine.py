@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import time
-import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import allocator
-from .image_io import ImageReadError, LoadedImage, image_size, read_image, write_image
+from .dispatch import RunStats, stylize_files
 from .tiling import stylize_tiled
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,22 +47,6 @@ def blend(content: torch.Tensor, stylized: torch.Tensor, strength: float) -> tor
     if strength == 1.0:
         return stylized
     return content + (stylized - content) * strength
-
-
-@dataclass
-class RunStats:
-    """What a :meth:`Stylizer.stylize_files` run did."""
-
-    images: int = 0
-    frames: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    outputs: list[str] = field(default_factory=list)
-
-    @property
-    def per_second(self) -> float:
-        done = self.images + self.frames
-        return done / self.seconds if self.seconds > 0 else 0.0
 
 
 class Stylizer:
@@ -173,7 +153,8 @@ class Stylizer:
             y = y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
         return y
 
-    def _tile_for(self, h: int, w: int) -> int:
+    def tile_for(self, h: int, w: int) -> int:
+        """The tile side an ``h`` x ``w`` image runs in, 0 for untiled."""
         if self.tile is None:
             return AUTO_TILE_SIZE if h * w > AUTO_TILE_PIXELS else 0
         return self.tile if self.tile < max(h, w) else 0
@@ -190,7 +171,7 @@ class Stylizer:
         unbatched = content.dim() == 3
         x = content.unsqueeze(0) if unbatched else content
         x = x.to(device=self.device, dtype=torch.float32)
-        tile = self._tile_for(*x.shape[-2:])
+        tile = self.tile_for(*x.shape[-2:])
         if tile:
             y = torch.cat([stylize_tiled(self._forward, x[i:i + 1], tile, self.tile_overlap)
                            for i in range(x.shape[0])])
@@ -221,81 +202,12 @@ class Stylizer:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _write(self, loaded: LoadedImage, stylized: np.ndarray, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        write_image(path, stylized, loaded.alpha, loaded.bit_depth,
-                    grayscale=loaded.grayscale and self.preserve_color)
-
     def stylize_files(self, jobs: Sequence[tuple[str, str]]) -> RunStats:
         """Stylise image and video files: ``jobs`` is ``[(input, output), ...]``.
 
         Images of the same size (after EXIF orientation) are batched ``batch_size`` at a time;
         unreadable images are skipped with a warning and listed in ``RunStats.failed``."""
-        from .video import VIDEO_EXTENSIONS, stylize_video
-
-        stats = RunStats()
-        start = time.perf_counter()
-        images = [(s, d) for s, d in jobs if os.path.splitext(s)[1].lower()
-                  not in VIDEO_EXTENSIONS]
-        videos = [(s, d) for s, d in jobs if os.path.splitext(s)[1].lower() in VIDEO_EXTENSIONS]
-        groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
-        for src, dst in images:
-            try:
-                groups.setdefault(image_size(src), []).append((src, dst))
-            except ImageReadError as exc:
-                self._skip(stats, src, exc)
-        bar = self._bar(total=sum(len(g) for g in groups.values()), unit="img")
-        try:
-            for (h, w), group in groups.items():
-                per_batch = 1 if self._tile_for(h, w) else self.batch_size
-                for i in range(0, len(group), per_batch):
-                    self._run_batch(group[i:i + per_batch], stats, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        for src, dst in videos:
-            try:
-                stats.frames += stylize_video(self, src, dst)
-                stats.outputs.append(dst)
-            except (ValueError, OSError) as exc:
-                self._skip(stats, src, exc)
-        stats.seconds = time.perf_counter() - start
-        if self.progress:
-            done = f"{stats.images} images" + (f", {stats.frames} frames" if stats.frames else "")
-            print(f"{done} in {stats.seconds:.2f} s ({stats.per_second:.2f} images/s)"
-                  + (f"; {len(stats.failed)} skipped" if stats.failed else ""), file=sys.stderr)
-        return stats
-
-    def _run_batch(self, batch: list[tuple[str, str]], stats: RunStats, bar) -> None:
-        loaded: list[tuple[LoadedImage, str]] = []
-        for src, dst in batch:
-            try:
-                loaded.append((read_image(src), dst))
-            except ImageReadError as exc:
-                self._skip(stats, src, exc)
-                if bar is not None:
-                    bar.update(1)
-        if not loaded:
-            return
-        x = torch.stack([torch.from_numpy(im.rgb).permute(2, 0, 1) for im, _ in loaded])
-        y = self.stylize_tensor(x).permute(0, 2, 3, 1).cpu().numpy()
-        for (im, dst), out in zip(loaded, y):
-            self._write(im, out, dst)
-            stats.images += 1
-            stats.outputs.append(dst)
-            if bar is not None:
-                bar.update(1)
-
-    def _skip(self, stats: RunStats, src: str, exc: Exception) -> None:
-        stats.failed.append((src, str(exc)))
-        warnings.warn(f"skipped {src}: {exc}", RuntimeWarning, stacklevel=3)
-
-    def _bar(self, total: int | None, unit: str):
-        if not self.progress or total == 0:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        return stylize_files(self, jobs)
 
     def iter_batches(self, frames: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
         """Stylise a stream of ``(H, W, 3)`` uint8 frames of one size, ``batch_size`` at a time;

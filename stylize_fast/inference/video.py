@@ -7,13 +7,23 @@ the bundled FFmpeg has libx264, else MPEG-4 Part 2). Audio is not carried over.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .engine import Stylizer
+import numpy as np
+
+from .progress import progress_bar
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+class FrameStylizer(Protocol):
+    """What a video needs of a :class:`~stylize_fast.inference.Stylizer`."""
+
+    progress: bool
+
+    def iter_batches(self, frames: Iterable[np.ndarray]) -> Iterable[np.ndarray]: ...
 
 
 def video_backend_available() -> bool:
@@ -32,7 +42,7 @@ def _require_av():
     return av
 
 
-def stylize_video(stylizer: Stylizer, src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def stylize_video(stylizer: FrameStylizer, src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Stylise every frame of ``src`` into ``dst`` (same size and frame rate); returns the
     number of frames written."""
     av = _require_av()
@@ -55,7 +65,7 @@ def stylize_video(stylizer: Stylizer, src: str | os.PathLike, dst: str | os.Path
         if not even and codec != "libx264":
             raise ValueError(f"{src}: odd frame size {width}x{height} needs libx264 in PyAV")
         total = stream.frames or None
-        bar = stylizer._bar(total=total, unit="frame")
+        bar = progress_bar(stylizer.progress, total, "frame")
         count = 0
         with av.open(dst, mode="w") as sink:
             out = sink.add_stream(codec, rate=rate)

@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..nn.instance_norm import FusedInstanceNorm2d
+from ..nn.padded_conv import PaddedConv2d
 
 NORMS = ("batch", "instance", "fused")
 PADDING_MODES = ("reflect", "replicate", "zeros")
@@ -51,18 +52,6 @@ def generator_layouts(x: torch.Tensor, channels_last: bool | None,
     return (torch.channels_last if channels_last else torch.contiguous_format), out_format
 
 
-_warned_no_padded_conv = False
-
-
-def _padded_conv_class():
-    """sf.PaddedConv2d, or None while the padded-conv layer is not part of this build."""
-    try:
-        from ..nn.padded_conv import PaddedConv2d
-    except ImportError:
-        return None
-    return PaddedConv2d
-
-
 def make_padded_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int,
                      padding_mode: str, fused: bool) -> tuple[nn.Module, nn.Module]:
     """(pad, conv) pair computing ``conv(pad(x))`` with ``kernel_size // 2`` padding.
@@ -71,19 +60,8 @@ def make_padded_conv(in_channels: int, out_channels: int, kernel_size: int, stri
     module followed by ``nn.Conv2d`` (the PyTorch examples' layout, keys ``conv2d.weight``)."""
     padding = kernel_size // 2
     if fused and padding > 0:
-        cls = _padded_conv_class()
-        if cls is not None:
-            return nn.Identity(), cls(in_channels, out_channels, kernel_size, stride=stride,
-                                      padding=padding, padding_mode=padding_mode)
-        global _warned_no_padded_conv
-        if not _warned_no_padded_conv:
-            _warned_no_padded_conv = True
-            warnings.warn("stylize_fast.nn.PaddedConv2d is not available; norm='fused' models "
-                          "use nn.Conv2d(padding_mode=...) for their padded convolutions",
-                          RuntimeWarning, stacklevel=3)
-        # Same keys and outputs as the pad + conv pair; only the fused kernel is missing.
-        return nn.Identity(), nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                                        padding=padding, padding_mode=padding_mode)
+        return nn.Identity(), PaddedConv2d(in_channels, out_channels, kernel_size, stride=stride,
+                                           padding=padding, padding_mode=padding_mode)
     if padding == 0:
         pad: nn.Module = nn.Identity()
     elif padding_mode == "reflect":
@@ -100,8 +78,6 @@ def make_norm(num_features: int, norm: str, activation: str | None,
     """(norm, activation) pair; with ``norm="fused"`` the activation is inside the norm and the
     second module is ``nn.Identity``. Instance norms are affine, without running statistics."""
     if norm == "fused":
-        from ..nn.instance_norm import FusedInstanceNorm2d
-
         return (FusedInstanceNorm2d(num_features, affine=True, activation=activation,
                                     negative_slope=negative_slope), nn.Identity())
     layer: nn.Module = (nn.InstanceNorm2d(num_features, affine=True) if norm == "instance"

@@ -2,7 +2,11 @@
 the backend table; ``<op>_reference.py`` the plain-PyTorch ground truth; ``<op>_triton.py`` the
 Triton kernels). Importing this package registers every available backend."""
 
-from . import instance_norm  # noqa: F401
-from ._optional import import_optional_backends
+import importlib.util
 
-import_optional_backends()
+from . import instance_norm, padded_conv  # noqa: F401  (each registers its backends)
+
+# Triton is an optional dependency: its modules load only when it is installed, and an error
+# inside them then raises like any other.
+if importlib.util.find_spec("triton") is not None:
+    from . import instance_norm_triton, padded_conv_triton  # noqa: F401

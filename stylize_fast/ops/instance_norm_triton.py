@@ -79,6 +79,7 @@ from .common import (
     output_memory_format,
     stats_dtype,
 )
+from .triton_op import define_op
 
 # --------------------------------------------------------------------------------------------
 # Schedule thresholds. Read at call time, so tests may monkeypatch them to reach every schedule
@@ -605,45 +606,32 @@ def _affine_args(t: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Ten
     return t, (t.shape[1] if t.dim() == 2 else 0)
 
 
-def _check_affine(fn: str, name: str, t, input: torch.Tensor) -> None:
+# Public arguments are checked, with user-facing messages, by instance_norm.check_args before a
+# backend is chosen; the host functions below only assert the contract the kernels rely on.
+
+
+def _assert_affine(fn: str, name: str, t, input: torch.Tensor) -> None:
     if t is None:
         return
     n, c = input.shape[:2]
-    acc = stats_dtype(input.dtype)
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) not in ((c,), (n, c)):
-        raise ValueError(f"{fn}: {name} must have shape (C,) = ({c},) or (N, C) = ({n}, {c}), "
-                         f"got {tuple(t.shape)}")
-    if t.dtype != acc:
-        raise TypeError(f"{fn}: {name} must have the statistics dtype {acc} for {input.dtype} "
-                        f"input, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{fn}: {name} must be contiguous")
-    if t.device != input.device:
-        raise ValueError(f"{fn}: {name} is on {t.device} but input is on {input.device}")
+    assert tuple(t.shape) in ((c,), (n, c)), \
+        f"{fn}: {name} must have shape (C,) = ({c},) or (N, C) = ({n}, {c}), got {tuple(t.shape)}"
+    assert t.dtype == stats_dtype(input.dtype), \
+        f"{fn}: {name} must have the statistics dtype for {input.dtype} input, got {t.dtype}"
+    assert t.is_contiguous() and t.device == input.device, \
+        f"{fn}: {name} must be contiguous and on the input's device"
 
 
-def _check_input(fn: str, input, activation: int) -> None:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{fn}: input must be a tensor, got {type(input).__name__}")
-    if input.dim() != 4:
-        raise ValueError(f"{fn}: input must have 4 dimensions (N, C, H, W), got shape "
-                         f"{tuple(input.shape)}")
-    if input.dtype not in FLOATING_DTYPES:
-        raise TypeError(f"{fn}: input must be float16, bfloat16, float32 or float64, got "
-                        f"{input.dtype}")
-    if activation not in tuple(Activation):
-        raise ValueError(f"{fn}: activation must be 0 (none), 1 (relu) or 2 (leaky_relu), got "
-                         f"{activation!r}")
+def _assert_input(fn: str, input: torch.Tensor, activation: int) -> None:
+    assert input.dim() == 4, f"{fn}: input must have 4 dimensions, got {tuple(input.shape)}"
+    assert input.dtype in FLOATING_DTYPES, f"{fn}: input must be float, got {input.dtype}"
+    assert activation in tuple(Activation), f"{fn}: activation must be a code, got {activation!r}"
 
 
-def _check_stats(fn: str, name: str, t, input: torch.Tensor) -> None:
+def _assert_stats(fn: str, name: str, t: torch.Tensor, input: torch.Tensor) -> None:
     n, c = input.shape[:2]
-    acc = stats_dtype(input.dtype)
-    if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, c) or t.dtype != acc:
-        got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{fn}: {name} must be a ({n}, {c}) {acc} tensor, got {got}")
+    assert tuple(t.shape) == (n, c) and t.dtype == stats_dtype(input.dtype), \
+        f"{fn}: {name} must be a ({n}, {c}) statistics tensor, got {tuple(t.shape)} {t.dtype}"
 
 
 def instance_norm_forward(
@@ -670,11 +658,10 @@ def instance_norm_forward(
         mean, rstd ``(N, C)`` in float32 (float64 for float64 input).
     """
     fn = "instance_norm_fwd_triton"
-    _check_input(fn, input, activation)
-    _check_affine(fn, "weight", weight, input)
-    _check_affine(fn, "bias", bias, input)
-    if not eps >= 0:
-        raise ValueError(f"{fn}: eps must be >= 0, got {eps!r}")
+    _assert_input(fn, input, activation)
+    _assert_affine(fn, "weight", weight, input)
+    _assert_affine(fn, "bias", bias, input)
+    assert eps >= 0, f"{fn}: eps must be >= 0, got {eps!r}"
     n, c, h, w = (int(s) for s in input.shape)
     hw = h * w
     acc = stats_dtype(input.dtype)
@@ -759,19 +746,15 @@ def instance_norm_backward(
         for (or of a None parameter) is an empty ``(0,)`` tensor.
     """
     fn = "instance_norm_bwd_triton"
-    _check_input(fn, input, activation)
-    if not isinstance(grad_output, torch.Tensor) or grad_output.shape != input.shape \
-            or grad_output.dtype != input.dtype:
-        got = (tuple(grad_output.shape), grad_output.dtype) \
-            if isinstance(grad_output, torch.Tensor) else type(grad_output).__name__
-        raise ValueError(f"{fn}: grad_output must match input ({tuple(input.shape)}, "
-                         f"{input.dtype}), got {got}")
-    _check_affine(fn, "weight", weight, input)
-    _check_affine(fn, "bias", bias, input)
-    _check_stats(fn, "mean", mean, input)
-    _check_stats(fn, "rstd", rstd, input)
-    if len(output_mask) != 3:
-        raise ValueError(f"{fn}: output_mask must have 3 entries, got {list(output_mask)}")
+    _assert_input(fn, input, activation)
+    assert grad_output.shape == input.shape and grad_output.dtype == input.dtype, \
+        f"{fn}: grad_output must match input ({tuple(input.shape)}, {input.dtype}), got " \
+        f"{(tuple(grad_output.shape), grad_output.dtype)}"
+    _assert_affine(fn, "weight", weight, input)
+    _assert_affine(fn, "bias", bias, input)
+    _assert_stats(fn, "mean", mean, input)
+    _assert_stats(fn, "rstd", rstd, input)
+    assert len(output_mask) == 3, f"{fn}: output_mask must have 3 entries, got {list(output_mask)}"
     need_dx, need_dw, need_db = (bool(m) for m in output_mask)
     need_dw = need_dw and weight is not None
     need_db = need_db and bias is not None
@@ -943,17 +926,6 @@ def _instance_norm_bwd_triton(
                                   negative_slope, output_mask)
 
 
-def _define_op(name: str, fn, fake):
-    if backends.triton_interpreted():
-        # Interpreted kernels need real data pointers and cannot be traced into a graph, so the
-        # op is opaque to torch.compile, with an explicit fake.
-        op = torch.library.custom_op(name, fn, mutates_args=())
-        op.register_fake(fake)
-        return op
-    # The host function is traceable with fake tensors and doubles as the fake implementation.
-    return torch.library.triton_op(name, fn, mutates_args=())
-
-
 def supports(input: torch.Tensor, weight: torch.Tensor | None = None,
              bias: torch.Tensor | None = None) -> str | None:
     """Legality check for the backend registry: None if the Triton kernels can run ``input``,
@@ -967,10 +939,10 @@ def supports(input: torch.Tensor, weight: torch.Tensor | None = None,
     return None
 
 
-instance_norm_fwd_triton = _define_op(FWD_OP, _instance_norm_fwd_triton,
-                                      _instance_norm.fake_forward)
-instance_norm_bwd_triton = _define_op(BWD_OP, _instance_norm_bwd_triton,
-                                      _instance_norm.fake_backward)
+instance_norm_fwd_triton = define_op(FWD_OP, _instance_norm_fwd_triton,
+                                     _instance_norm.fake_forward)
+instance_norm_bwd_triton = define_op(BWD_OP, _instance_norm_bwd_triton,
+                                     _instance_norm.fake_backward)
 _instance_norm.register_autograd(FWD_OP, torch.ops.stylize_fast.instance_norm_bwd_triton)
 backends.register(_instance_norm.OP, "triton", torch.ops.stylize_fast.instance_norm_fwd_triton,
                   devices=("cuda", "cpu"), supports=supports)

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import functools
 import numbers
-import os
 
 import torch
 
-from .. import _extension, backends
+from .. import _extension, backends, config
 from . import padded_conv_reference as reference
 from .common import (
     FLOATING_DTYPES,
@@ -209,20 +208,17 @@ def fake_backward(grad_output, input, weight, stride, padding, padding_mode, out
     return grad_input, grad_weight, grad_bias
 
 
-ALGORITHM_ENV_VAR = "STYLIZE_FAST_CONV_ALGO"
-
-
 @functools.lru_cache(maxsize=4096)
 def _cpu_algorithm_cached(*key) -> str:
     (input_size, weight_size, dtype, channels_last, stride, padding, mode, input_grad,
-     weight_grad, _env) = key
+     weight_grad, _forced) = key
     return torch.ops.stylize_fast.padded_conv2d_cpu_algorithm(
         list(input_size), list(weight_size), dtype, channels_last, list(stride), list(padding),
         mode, input_grad, weight_grad)
 
 
 # Asked with plain sizes, and treated as a constant by torch.compile: the answer depends only on
-# shapes, dtype, layout and the environment, never on tensor values. (A separate function from
+# shapes, dtype, layout and config's conv_algo, never on tensor values. (A separate function from
 # the cache: dynamo traces through an lru_cache wrapper and ignores the constant mark on it.)
 @torch.compiler.assume_constant_result
 def _cpu_algorithm(*key) -> str:
@@ -237,13 +233,13 @@ def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, 
     bfloat16) or ``"library"`` (oneDNN with zero padding + border fix-up) -- for the forward, or
     with ``input_grad`` for the backward's input gradient (direct or Winograd where they apply),
     or with ``weight_grad`` for its weight gradient (``"direct"``: the weight-gradient kernel for
-    few output channels). ``STYLIZE_FAST_CONV_ALGO`` forces one."""
+    few output channels). ``config`` option ``conv_algo`` (``STYLIZE_FAST_CONV_ALGO``) forces one."""
     if input_grad and weight_grad:
         raise ValueError("cpu_algorithm: ask for input_grad or weight_grad, not both")
     return _cpu_algorithm(tuple(int(s) for s in input.shape), tuple(int(s) for s in weight.shape),
                           input.dtype, output_memory_format(input) == torch.channels_last,
                           tuple(stride), tuple(padding), int(padding_mode), bool(input_grad),
-                          bool(weight_grad), os.environ.get(ALGORITHM_ENV_VAR, ""))
+                          bool(weight_grad), config.get("conv_algo"))
 
 
 def _cpu_kernel_pays(input, weight, bias, stride, padding, padding_mode) -> bool:

@@ -63,6 +63,7 @@ import triton.language as tl
 from .. import backends
 from . import padded_conv
 from .common import PaddingMode, output_memory_format
+from .triton_op import define_op
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -316,49 +317,32 @@ def supports(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return "CPU tensors need TRITON_INTERPRET=1"
     if weight.device != input.device or (bias is not None and bias.device != input.device):
         return "all tensors must be on the input's device"
-    if int(padding_mode) not in (0, 1, 2):
-        return f"padding_mode code must be 0, 1 or 2, got {padding_mode}"
-    try:
-        _check(input, weight, stride, padding, padding_mode, "padded_conv2d")
-    except ValueError as exc:
-        return str(exc)
+    n, _, h, w = input.shape
+    oh = _output_size(h, int(padding[0]), weight.shape[2], int(stride[0]))
+    ow = _output_size(w, int(padding[1]), weight.shape[3], int(stride[1]))
+    # Pixel indices are int32 in the kernels (element offsets are int64).
+    if max(input.numel(), weight.numel(), n * weight.shape[0] * oh * ow) >= 2**31:
+        return "tensors of 2**31 or more elements are not supported"
     return None
 
 
-def _check(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
-           padding: Sequence[int], padding_mode: int, fn: str) -> tuple[int, int, int, int]:
-    """Checks the kernels rely on; returns (stride_h, stride_w, pad_h, pad_w)."""
-    if input.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"{fn}: input and weight must be 4-D, got {tuple(input.shape)} and "
-                         f"{tuple(weight.shape)}")
-    if weight.shape[1] != input.shape[1]:
-        raise ValueError(f"{fn}: weight.shape[1] ({weight.shape[1]}) must equal the input's "
-                         f"channels ({input.shape[1]}); only groups=1 is supported")
-    if len(stride) != 2 or len(padding) != 2:
-        raise ValueError(f"{fn}: stride and padding must have 2 elements, got {list(stride)} and "
-                         f"{list(padding)}")
-    sh, sw = (int(s) for s in stride)
-    ph, pw = (int(p) for p in padding)
-    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
-        raise ValueError(f"{fn}: stride must be >= 1 and padding >= 0, got stride {list(stride)}, "
-                         f"padding {list(padding)}")
-    mode = int(padding_mode)
-    if mode not in (0, 1, 2):
-        raise ValueError(f"{fn}: padding_mode must be 0 (zeros), 1 (reflect) or 2 (replicate), "
-                         f"got {padding_mode}")
+def _geometry(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+              padding: Sequence[int], padding_mode: int, fn: str) -> tuple[int, int, int, int]:
+    """(stride_h, stride_w, pad_h, pad_w). The public arguments were checked, with user-facing
+    messages, by padded_conv.check_args and the limits by :func:`supports`; this asserts only
+    what the kernels rely on."""
+    assert input.dim() == 4 and weight.dim() == 4 and weight.shape[1] == input.shape[1], \
+        f"{fn}: input {tuple(input.shape)} and weight {tuple(weight.shape)} must be 4-D with " \
+        f"weight.shape[1] equal to the input's channels"
+    (sh, sw), (ph, pw), mode = (int(s) for s in stride), (int(p) for p in padding), int(padding_mode)
+    assert sh >= 1 and sw >= 1 and ph >= 0 and pw >= 0, f"{fn}: stride {list(stride)}, padding " \
+        f"{list(padding)}"
+    assert mode in tuple(PaddingMode), f"{fn}: padding_mode must be a code, got {padding_mode}"
     h, w = input.shape[2], input.shape[3]
-    if mode == PaddingMode.REFLECT and (ph >= h or pw >= w):
-        raise ValueError(f"{fn}: reflect padding {list(padding)} must be smaller than the input's "
-                         f"spatial size ({h}, {w})")
-    if mode == PaddingMode.REPLICATE and ((ph > 0 and h == 0) or (pw > 0 and w == 0)):
-        raise ValueError(f"{fn}: replicate padding needs a non-empty input")
-    if h + 2 * ph < weight.shape[2] or w + 2 * pw < weight.shape[3]:
-        raise ValueError(f"{fn}: padded input ({h + 2 * ph}, {w + 2 * pw}) is smaller than the "
-                         f"kernel ({weight.shape[2]}, {weight.shape[3]})")
-    oh, ow = _output_size(h, ph, weight.shape[2], sh), _output_size(w, pw, weight.shape[3], sw)
-    # Pixel indices are int32 in the kernels (element offsets are int64).
-    if max(input.numel(), weight.numel(), input.shape[0] * weight.shape[0] * oh * ow) >= 2**31:
-        raise ValueError(f"{fn}: tensors of 2**31 or more elements are not supported")
+    assert mode != PaddingMode.REFLECT or (ph < h and pw < w), \
+        f"{fn}: reflect padding {list(padding)} must be smaller than the input ({h}, {w})"
+    assert h + 2 * ph >= weight.shape[2] and w + 2 * pw >= weight.shape[3], \
+        f"{fn}: padded input ({h + 2 * ph}, {w + 2 * pw}) is smaller than the kernel"
     return sh, sw, ph, pw
 
 
@@ -374,8 +358,8 @@ def _padded_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor,
                              padding: Sequence[int], padding_mode: int) -> torch.Tensor:
     """input ``(N, C_in, H, W)``, weight ``(C_out, C_in, KH, KW)``, bias ``(C_out,)`` or None
     -> ``(N, C_out, OH, OW)`` in ``input.suggest_memory_format()``."""
-    sh, sw, ph, pw = _check(input, weight, stride, padding, padding_mode,
-                            "padded_conv2d_fwd_triton")
+    sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode,
+                               "padded_conv2d_fwd_triton")
     n, c_in, h, w = input.shape
     c_out, _, kh, kw = weight.shape
     oh, ow = _output_size(h, ph, kh, sh), _output_size(w, pw, kw, sw)
@@ -414,15 +398,13 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
     """grad_output ``(N, C_out, OH, OW)`` -> (grad_input ``(N, C_in, H, W)``, grad_weight
     ``(C_out, C_in, KH, KW)``, grad_bias ``(C_out,)``); unrequested ones are empty ``(0,)``."""
     fn = "padded_conv2d_bwd_triton"
-    sh, sw, ph, pw = _check(input, weight, stride, padding, padding_mode, fn)
+    sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode, fn)
     n, c_in, h, w = input.shape
     c_out, _, kh, kw = weight.shape
     oh, ow = _output_size(h, ph, kh, sh), _output_size(w, pw, kw, sw)
-    if tuple(grad_output.shape) != (n, c_out, oh, ow):
-        raise ValueError(f"{fn}: grad_output must have shape {(n, c_out, oh, ow)}, got "
-                         f"{tuple(grad_output.shape)}")
-    if len(output_mask) != 3:
-        raise ValueError(f"{fn}: output_mask must have 3 elements, got {list(output_mask)}")
+    assert tuple(grad_output.shape) == (n, c_out, oh, ow), \
+        f"{fn}: grad_output must have shape {(n, c_out, oh, ow)}, got {tuple(grad_output.shape)}"
+    assert len(output_mask) == 3, f"{fn}: output_mask must have 3 elements, got {list(output_mask)}"
     mode = int(padding_mode)
     acc = _acc_dtype(input.dtype)
     acc_torch = torch.float64 if input.dtype == torch.float64 else torch.float32
@@ -478,21 +460,10 @@ _BWD_SCHEMA = ("(Tensor grad_output, Tensor input, Tensor weight, int[2] stride,
                "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)")
 
 
-def _define_op(name: str, fn, schema: str, fake):
-    if backends.triton_interpreted():
-        # Interpreted kernels need real data pointers and cannot be traced into a graph: the op
-        # is opaque to torch.compile, with an explicit fake.
-        op = torch.library.custom_op(name, fn, mutates_args=(), schema=schema)
-        op.register_fake(fake)
-        return op
-    # The host function is traceable with fake tensors and doubles as the fake implementation.
-    return torch.library.triton_op(name, fn, mutates_args=(), schema=schema)
-
-
-padded_conv2d_fwd_triton = _define_op("stylize_fast::padded_conv2d_fwd_triton",
-                                      _padded_conv2d_fwd, _FWD_SCHEMA, padded_conv.fake_forward)
-padded_conv2d_bwd_triton = _define_op("stylize_fast::padded_conv2d_bwd_triton",
-                                      _padded_conv2d_bwd, _BWD_SCHEMA, padded_conv.fake_backward)
+padded_conv2d_fwd_triton = define_op("stylize_fast::padded_conv2d_fwd_triton",
+                                     _padded_conv2d_fwd, padded_conv.fake_forward, _FWD_SCHEMA)
+padded_conv2d_bwd_triton = define_op("stylize_fast::padded_conv2d_bwd_triton",
+                                     _padded_conv2d_bwd, padded_conv.fake_backward, _BWD_SCHEMA)
 padded_conv.register_autograd(padded_conv2d_fwd_triton, padded_conv2d_bwd_triton)
 backends.register(padded_conv.OP, "triton", torch.ops.stylize_fast.padded_conv2d_fwd_triton,
                   devices=("cuda", "cpu"), supports=supports)
