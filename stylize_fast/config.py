@@ -153,7 +153,7 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, object]:
               for name, option in OPTIONS.items()}
     if result["cpu_isa"] is None:
         # torch's own cap; its other names (sve256, zvector, ...) do not cap x86 levels.
-        aten = environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+        aten = environ.get("ATEN_CPU_CAPABILITY", "")
         result["cpu_isa"] = aten if aten in CPU_ISA_LEVELS else None
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .ops import instance_norm as _instance_norm
+from .ops import padded_conv as _padded_conv
 
 
 def instance_norm(
@@ -46,6 +47,4 @@ def padded_conv2d(
 ) -> torch.Tensor:
     """``F.conv2d(F.pad(input, pad, padding_mode), weight, bias, stride)`` without building the
     padded tensor. ``padding_mode`` is ``"reflect"``, ``"replicate"`` or ``"zeros"``."""
-    from .ops import padded_conv as _padded_conv
-
     return _padded_conv.padded_conv2d(input, weight, bias, stride, padding, padding_mode)

@@ -1,4 +1,5 @@
-"""stylize-fast info: versions, available backends, how the extension was built."""
+"""stylize-fast info: versions, available backends, options (stylize_fast.config), how the
+extension was built."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def collect() -> dict:
     import torch
 
-    from .. import __version__, _extension, backends
+    from .. import __version__, _extension, backends, config
 
     try:
         import triton
@@ -37,6 +38,7 @@ def collect() -> dict:
         "backends": backends.available(),
         "triton_interpreted": backends.triton_interpreted(),
         "forced_backend": backends.forced(),
+        "options": config.values(),
         "ops": {op: sorted(backends.implementations(op)) for op in ("instance_norm",
                                                                      "padded_conv2d")},
         "build": _extension.build_info(),
