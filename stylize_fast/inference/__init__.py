@@ -1,7 +1,9 @@
-"""Inference: the :class:`Stylizer` engine, image and video I/O, tiling, allocator tuning."""
+"""Inference: the :class:`Stylizer` engine, file dispatch (images batched, videos), image and
+video I/O, tiling, progress bars, allocator tuning."""
 
 from .allocator import is_tuned, tune_allocator
-from .engine import DTYPES, RunStats, Stylizer, blend, preserve_color
+from .dispatch import RunStats
+from .engine import DTYPES, Stylizer, blend, preserve_color
 from .files import collect_jobs
 from .image_io import IMAGE_EXTENSIONS, ImageReadError, LoadedImage, read_image, write_image
 from .tiling import stylize_tiled
