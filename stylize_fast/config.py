@@ -1,33 +1,33 @@
 """Runtime options: every ``STYLIZE_FAST_*`` environment variable, read once here at import,
 validated, and pushed to the C++ kernels (csrc/config.h) through ``stylize_fast::set_option``.
 
-=================================  ===================  ==========================================
-Variable                           Option (``get``)     Values (unset = the first / automatic)
-=================================  ===================  ==========================================
-``STYLIZE_FAST_BACKEND``           ``backend``          ``auto``, ``cpu``, ``cuda``, ``triton``,
-                                                        ``reference``: the backend every op runs
-                                                        (like ``backends.use``)
-``STYLIZE_FAST_CPU_ISA``           ``cpu_isa``          unset (the CPU's best), ``default``,
-                                                        ``avx2``, ``avx512``, ``avx512_bf16``: caps
-                                                        the C++ CPU kernels' vector level; when
-                                                        unset, torch's ``ATEN_CPU_CAPABILITY``
-                                                        caps it if it names one of these
-``STYLIZE_FAST_CPU_STREAM_BYTES``  ``cpu_stream_bytes``  unset (half the last-level cache) or an
-                                                        integer >= 0: outputs at least this large
-                                                        use streaming stores (instance norm, CPU)
-``STYLIZE_FAST_CONV_ALGO``         ``conv_algo``        ``auto``, ``library``, ``direct``,
-                                                        ``winograd``: forces the CPU convolution
-                                                        algorithm (an error where it cannot run)
-``STYLIZE_FAST_WINOGRAD_BLOCK``    ``winograd_block``   unset or an integer >= 1: Winograd tiles
-                                                        per block (tuning only)
-``STYLIZE_FAST_NO_MALLOC_TUNING``  ``no_malloc_tuning``  ``0`` / ``1`` (also false/true, no/yes,
-                                                        off/on): keep glibc malloc's defaults in
-                                                        inference (``Stylizer``)
-``STYLIZE_FAST_BENCH_THREADS``     ``bench_threads``    unset or an integer >= 1: torch threads in
-                                                        a benchmark worker process
-``STYLIZE_FAST_LARGE``             ``large``            ``0`` / ``1``: the test suite adds large
-                                                        shapes (for a GPU machine)
-=================================  ===================  ==========================================
+=================================  ====================  =====================================================
+Variable                           Option                Values (unset: the automatic default)
+=================================  ====================  =====================================================
+``STYLIZE_FAST_BACKEND``           ``backend``           ``auto``, ``cpu``, ``cuda``, ``triton``,
+                                                         ``reference``: the backend every op runs (as
+                                                         ``backends.use``)
+``STYLIZE_FAST_CPU_ISA``           ``cpu_isa``           unset (the CPU's best), ``default``, ``avx2``,
+                                                         ``avx512``, ``avx512_bf16``: caps the C++ CPU
+                                                         kernels' vector level; when unset, torch's
+                                                         ``ATEN_CPU_CAPABILITY`` caps it if it names one of
+                                                         these
+``STYLIZE_FAST_CPU_STREAM_BYTES``  ``cpu_stream_bytes``  unset (half the last-level cache) or an integer >= 0:
+                                                         CPU instance-norm outputs at least this large use
+                                                         streaming stores
+``STYLIZE_FAST_CONV_ALGO``         ``conv_algo``         ``auto``, ``library``, ``direct``, ``winograd``:
+                                                         forces the CPU convolution algorithm (an error where
+                                                         it cannot run)
+``STYLIZE_FAST_WINOGRAD_BLOCK``    ``winograd_block``    unset or a positive integer: Winograd tiles per block
+                                                         (tuning only)
+``STYLIZE_FAST_NO_MALLOC_TUNING``  ``no_malloc_tuning``  ``0`` / ``1`` (also false/true, no/yes, off/on):
+                                                         inference (``Stylizer``) keeps glibc malloc's
+                                                         defaults
+``STYLIZE_FAST_BENCH_THREADS``     ``bench_threads``     unset or a positive integer: torch threads in a
+                                                         benchmark worker process
+``STYLIZE_FAST_LARGE``             ``large``             ``0`` / ``1``: the test suite adds large shapes (for
+                                                         a GPU machine)
+=================================  ====================  =====================================================
 
 Build-time switches, read by setup.py only (documented here for completeness):
 ``STYLIZE_FAST_FORCE_CUDA=1`` builds the CUDA kernels or fails loudly; ``STYLIZE_FAST_NO_CUDA=1``

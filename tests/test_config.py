@@ -39,9 +39,14 @@ UNSET = {"backend": "auto", "cpu_isa": None, "cpu_stream_bytes": None, "conv_alg
          "winograd_block": None, "no_malloc_tuning": False, "bench_threads": None, "large": False}
 
 
-def test_every_option_has_cases():
+def test_every_option_has_cases_and_a_documented_row():
     assert set(CASES) == set(config.OPTIONS) == set(UNSET)
     assert all(o.variable.startswith("STYLIZE_FAST_") for o in config.OPTIONS.values())
+    rows = [line.split() for line in config.__doc__.splitlines() if line.startswith("``STYLIZE")]
+    assert [(o.variable, o.name) for o in config.OPTIONS.values()] == \
+        [(row[0].strip("`"), row[1].strip("`")) for row in rows]
+    for variable in config.BUILD_VARIABLES:
+        assert f"``{variable}=1``" in config.__doc__
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
