@@ -25,21 +25,21 @@ def _load(name: str):
 ptxas_report = _load("ptxas_report")
 gpu_sweep = _load("gpu_sweep")
 
-# Excerpt of a real build.log (nvcc 13.0, -Xptxas=-v): the float32 and float64 forward conv
-# kernels on sm_80 (the float64 one's spill line edited in, to have a spill to find), float32 on
-# sm_90.
+# Excerpt of a real build.log (nvcc 13.0, -Xptxas=-v, 2026-12-06): the float64 and float32 forward
+# conv kernels on sm_80, float32 on sm_90; the float64 one's spill line edited from 0 / 0 / 0 to
+# 8 / 4 / 4 bytes, to have a spill to find.
 SAMPLE_LOG = (Path(__file__).parent / "data" / "ptxas_build_sample.log").read_text()
 
 
 def test_ptxas_log_parsed_per_kernel_and_arch():
     rows = ptxas_report.parse_log(SAMPLE_LOG.splitlines())
     assert [(r["arch"], r["regs"], r["stack"], r["spill_st"], r["spill_ld"]) for r in rows] == [
-        ("sm_80", 62, 0, 0, 0), ("sm_80", 40, 8, 4, 4), ("sm_90", 64, 0, 0, 0)]
+        ("sm_80", 62, 8, 4, 4), ("sm_80", 40, 0, 0, 0), ("sm_90", 48, 0, 0, 0)]
     ptxas_report.name_kernels(rows)
     if rows[0]["kernel"] == rows[0]["mangled"]:
         pytest.skip("c++filt not available")
-    assert [r["kernel"] for r in rows] == ["conv::padded_conv_fwd_kernel<float>",
-                                           "conv::padded_conv_fwd_kernel<double>",
+    assert [r["kernel"] for r in rows] == ["conv::padded_conv_fwd_kernel<double>",
+                                           "conv::padded_conv_fwd_kernel<float>",
                                            "conv::padded_conv_fwd_kernel<float>"]
 
 
@@ -51,7 +51,7 @@ def test_ptxas_problems_name_the_spill_and_the_missing_arch():
     assert len(problems) == 2
     assert "sm_80" in problems[0] and "stack frame 8 B, spill stores 4 B" in problems[0]
     assert problems[1].startswith("sm_100: requested")
-    assert ptxas_report.problems_in(rows[:1] + rows[2:], "8.0 9.0") == []
+    assert ptxas_report.problems_in(rows[1:], "8.0 9.0") == []
     assert ptxas_report.problems_in([], "8.0") [-1].startswith("no ptxas -v output")
 
 
@@ -65,13 +65,13 @@ def test_ptxas_report_writes_tsv_and_summary(tmp_path):
     (tmp_path / "build.log").write_text(SAMPLE_LOG)
     done = subprocess.run([sys.executable, str(SCRIPTS / "ptxas_report.py"), str(tmp_path), "12",
                            "8.0;9.0"], capture_output=True, text=True)
-    assert done.returncode == 1  # the float64 kernel spills
+    assert done.returncode == 1  # the float64 kernel "spills"
     assert "PROBLEM: sm_80" in done.stdout
     tsv = (tmp_path / "ptxas.tsv").read_text().splitlines()
-    assert len(tsv) == 4 and tsv[2].split("\t")[2:] == ["40", "8", "4", "4"]
+    assert len(tsv) == 4 and tsv[1].split("\t")[2:] == ["62", "8", "4", "4"]
     report = (tmp_path / "report.md").read_text()
     assert "3 kernels (1 per arch)" in report and "kernels with spills or a stack frame: 1" in report
-    assert "| 2 | 40–62 | 64 | 8 |" in report  # 2 instances, register range per arch, worst spill
+    assert "| 2 | 40–62 | 48 | 8 |" in report  # 2 instances, register range per arch, worst spill
 
 
 def test_requested_archs():
