@@ -102,3 +102,19 @@ def test_sweep_quick_keeps_only_small_shapes():
     quick = gpu_sweep.cases(8, quick=True)
     assert quick and all(gpu_sweep._numel(c.shape) <= 40000 for c in quick)
     assert len(quick) < len(gpu_sweep.cases(8, quick=False))
+
+
+def test_sweep_runs_on_the_cpu_backend(tmp_path):
+    """The sweep's own code (case runner, reference comparison, CSV) on the cpu backend, quick
+    shapes: what a GPU machine runs, minus the GPU."""
+    import csv
+    import os
+
+    out = tmp_path / "sweep.csv"
+    env = dict(os.environ, SF_SWEEP_DEVICE="cpu", SF_SWEEP_BACKENDS="cpu", SF_SWEEP_QUICK="1")
+    done = subprocess.run([sys.executable, str(SCRIPTS / "gpu_sweep.py"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(gpu_sweep.cases(4, quick=True))
+    assert {r["status"] for r in rows} == {"ok"} and {r["backend"] for r in rows} == {"cpu"}
