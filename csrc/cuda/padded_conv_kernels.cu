@@ -11,6 +11,7 @@
 
 #include <algorithm>
 
+#include "accumulate.h"
 #include "padded_conv_kernels.h"
 
 namespace stylize_fast {
@@ -18,42 +19,10 @@ namespace cuda {
 namespace conv {
 namespace {
 
+using namespace device;  // accumulate.h: acc_t, to_acc, Cast
+
 static_assert(kThreads == 4 * kTileM && kThreads == 4 * kTileN && kTileK == 16,
               "the loaders assume 256 threads = 64 rows x 4 k-lanes, 4 elements each");
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(float v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T, typename A>
-__device__ __forceinline__ T store_value(A v) {
-  return from_acc<T>(v);
-}
-template <>
-__device__ __forceinline__ double store_value<double, double>(double v) {
-  return v;
-}
 
 // Padding index map: unpadded coordinate i -> source index, or -1 (zeros padding).
 __device__ __forceinline__ int source_index(int i, int size, int mode) {
@@ -120,7 +89,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     padded_conv_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
                            const T* __restrict__ bias, T* __restrict__ y, const ConvShape s) {
-  using A = typename AccOf<T>::type;
+  using A = acc_t<T>;
   __shared__ A As[kTileK][kTileM];
   __shared__ A Bs[kTileK][kTileN];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -186,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
       const int coj = co0 + tx + 16 * j;
       if (coj >= s.c_out) continue;
       const A b = bias != nullptr ? to_acc(bias[coj]) : A(0);
-      y_pix[coj * s.y_stride[1]] = store_value<T>(acc[i][j] + b);
+      y_pix[coj * s.y_stride[1]] = Cast<T>::from(acc[i][j] + b);
     }
   }
 }
@@ -196,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
     padded_conv_bwd_input_kernel(const T* __restrict__ gy, const T* __restrict__ w,
                                  T* __restrict__ gx, const ConvShape s, int variants_h,
                                  int variants_w) {
-  using A = typename AccOf<T>::type;
+  using A = acc_t<T>;
   __shared__ A As[kTileK][kTileM];
   __shared__ A Bs[kTileK][kTileN];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -277,7 +246,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int cij = ci0 + tx + 16 * j;
-      if (cij < s.c_in) gx_pix[cij * s.x_stride[1]] = store_value<T>(acc[i][j]);
+      if (cij < s.c_in) gx_pix[cij * s.x_stride[1]] = Cast<T>::from(acc[i][j]);
     }
   }
 }
@@ -285,10 +254,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     padded_conv_bwd_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x,
-                                  typename AccOf<T>::type* __restrict__ weight_partial,
-                                  typename AccOf<T>::type* __restrict__ bias_partial,
+                                  acc_t<T>* __restrict__ weight_partial,
+                                  acc_t<T>* __restrict__ bias_partial,
                                   const ConvShape s, int64_t rows_per_split) {
-  using A = typename AccOf<T>::type;
+  using A = acc_t<T>;
   __shared__ A As[kTileK][kTileM];
   __shared__ A Bs[kTileK][kTileN];
   __shared__ A bias_lanes[4][kTileM];
@@ -399,7 +368,7 @@ template <typename T>
 cudaError_t backward_weight_typed(const ConvShape& s, const WeightSplit& split, const void* gy,
                                   const void* x, void* weight_partial, void* bias_partial,
                                   cudaStream_t stream) {
-  using A = typename AccOf<T>::type;
+  using A = acc_t<T>;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.c_out, kTileM)),
                   static_cast<unsigned>(ceil_div(s.c_in * s.kh * s.kw, kTileN)),
                   static_cast<unsigned>(split.splits));

@@ -824,23 +824,14 @@ def compile_report(capability: int = 90,
                                                     torch.float16, torch.float64)) -> list[dict]:
     """Compile every kernel ahead of time for ``sm_<capability>`` without a GPU (Triton's bundled
     ptxas) at the default thresholds' largest tiles, NCHW and channels_last, and return one row
-    per kernel: registers, stack, local (spill) and shared bytes from ``cuobjdump -res-usage``.
+    per kernel: registers, stack, local (spill) and shared bytes from ``cuobjdump -res-usage``
+    (``triton_compile_report``).
 
     Needs compiled (not interpreted) kernels: run it in a process without TRITON_INTERPRET=1.
     """
-    import os
-    import re
-    import subprocess
-    import tempfile
+    from . import triton_compile_report as report
 
-    import triton.backends.nvidia as nvidia
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if backends.triton_interpreted():
-        raise RuntimeError("compile_report: the kernels were created under TRITON_INTERPRET=1; "
-                           "run it in a process without it")
-    cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+    report.require_compiled("compile_report")
     type_names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                   torch.float64: "fp64"}
     activation_ptrs = ("x_ptr", "y_ptr", "dy_ptr", "dx_ptr")
@@ -864,32 +855,15 @@ def compile_report(capability: int = 90,
                 (_bwd_apply_kernel, chunked, LOOP_CHUNK_ELEMENTS),
             ]
             for kernel, constexprs, tile in kernels:
-                signature = {}
-                for name in kernel.arg_names:
-                    if name in constexprs:
-                        signature[name] = "constexpr"
-                    elif name.endswith("_ptr"):
-                        signature[name] = "*" + (io if name in activation_ptrs else acc)
-                    elif name.startswith(("eps_", "slope_")):
-                        signature[name] = "fp32"
-                    else:
-                        signature[name] = "i32"
+                sig = report.signature(
+                    kernel, constexprs,
+                    pointer_type=lambda name, io=io, acc=acc: io if name in activation_ptrs else acc,
+                    scalar_type=lambda name: "fp32" if name.startswith(("eps_", "slope_")) else "i32")
                 warps = _num_warps(tile) if tile else 2
-                compiled = triton.compile(
-                    ASTSource(kernel, signature, constexprs=constexprs),
-                    target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
-                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                    f.write(compiled.asm["cubin"])
-                    f.flush()
-                    usage = subprocess.run([cuobjdump, "-res-usage", f.name], check=True,
-                                           capture_output=True, text=True).stdout
-                found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
-                if found is None:
-                    raise RuntimeError(f"compile_report: no resource usage in {usage!r}")
                 rows.append(dict(kernel=kernel.__name__, dtype=str(dtype).removeprefix("torch."),
-                                 block_c=block_c, num_warps=warps, registers=int(found[1]),
-                                 stack=int(found[2]), shared=int(found[3]),
-                                 local=int(found[4])))
+                                 arch=f"sm_{capability}", block_c=block_c, num_warps=warps,
+                                 **report.kernel_resources(kernel, sig, constexprs, capability,
+                                                           warps)))
     return rows
 
 

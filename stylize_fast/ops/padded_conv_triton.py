@@ -452,6 +452,50 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
     return grad_input, grad_weight, grad_bias
 
 
+def compile_report(capability: int = 90,
+                   dtypes: Sequence[torch.dtype] = _FLOAT_DTYPES,
+                   modes: Sequence[int] = (PaddingMode.REFLECT,)) -> list[dict]:
+    """Compile the three kernels ahead of time for ``sm_<capability>`` without a GPU (Triton's
+    bundled ptxas) with the largest tiles the launchers pick (C_in, C_out >= 64) and a 3x3
+    kernel, and return one row per kernel: registers, stack, local (spill) and shared bytes from
+    ``cuobjdump -res-usage`` (``triton_compile_report``).
+
+    Needs compiled (not interpreted) kernels: run it in a process without TRITON_INTERPRET=1.
+    """
+    from . import triton_compile_report as report
+
+    report.require_compiled("compile_report")
+    type_names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                  torch.float64: "fp64"}
+    partial_ptrs = ("gw_ptr", "gb_ptr")  # weight / bias partials, in the accumulation type
+    rows = []
+    for dtype, mode in ((d, m) for d in dtypes for m in modes):
+        io = type_names[dtype]
+        acc = "fp64" if dtype == torch.float64 else "fp32"
+        big = 32 if dtype == torch.float64 else 64
+        bm, bn, bk, warps = _fwd_blocks(dtype, 1 << 16, 1 << 16)
+        common = dict(KH=3, KW=3, MODE=int(mode), ACC_DTYPE=_acc_dtype(dtype), UPCAST=False,
+                      BLOCK_N=bn, BLOCK_K=bk)
+        kernels = [
+            (_fwd_kernel, dict(common, BLOCK_M=bm, HAS_BIAS=True), warps),
+            (_bwd_input_kernel, dict(common, BLOCK_M=bm), warps),
+            (_bwd_weight_kernel, dict(common, BLOCK_M=big, BLOCK_N=big, BLOCK_K=32,
+                                      BIAS_GRAD=True), 4),
+        ]
+        for kernel, constexprs, num_warps in kernels:
+            sig = report.signature(
+                kernel, constexprs,
+                pointer_type=lambda name, io=io, acc=acc: acc if name in partial_ptrs else io)
+            rows.append(dict(kernel=kernel.__name__, dtype=str(dtype).removeprefix("torch."),
+                             mode=PaddingMode(mode).name.lower(), arch=f"sm_{capability}",
+                             block=f"{constexprs['BLOCK_M']}x{constexprs['BLOCK_N']}x"
+                                   f"{constexprs['BLOCK_K']}",
+                             num_warps=num_warps,
+                             **report.kernel_resources(kernel, sig, constexprs, capability,
+                                                       num_warps)))
+    return rows
+
+
 # Schemas as declared for the compiled ops in csrc/ops.cpp.
 _FWD_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
                "int padding_mode) -> Tensor")

@@ -1,17 +1,19 @@
-// Host emulation of the small part of CUDA that instance_norm_kernels.cu uses, so that its device
+// Host emulation of the small part of CUDA that csrc/cuda/*_kernels.cu use, so that their device
 // code can run, unchanged, on a CPU and be compared with the float64 reference on a machine
-// without a GPU (scripts/check_cuda_build.sh --emulate). NOT part of the extension build:
-// setup.py compiles only csrc/cuda/*.cu and *.cpp, and nvcc never sees this file.
+// without a GPU (python -m tests.cuda_emulation, or scripts/check_cuda_build.sh --emulate).
+// NOT part of the extension build: nvcc never sees this file.
 //
 // Model: blocks run one after another; the threads of a block are OS threads, __syncthreads is a
 // barrier over them, and __shfl_down_sync exchanges values through a per-warp buffer with a
-// barrier over the warp's 32 lanes. __shared__ becomes a function-local static, which is shared
+// barrier over the warp's 32 lanes; __syncthreads_or is a barrier around a shared flag. __shared__ becomes a function-local static, which is shared
 // by exactly one block at a time. Kernel launches `k<<<grid, block, smem, stream>>>(args)` are
 // rewritten by the driver into sf_emu::launch([&] { k(args); }, grid, block, smem, stream).
 // Emulated numerics: float / double as on the GPU (fast-math approximations aside), __half via
 // _Float16, __nv_bfloat16 with round-to-nearest-even.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -40,6 +42,10 @@ enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
 using cudaStream_t = void*;
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t e) { return e ? "invalid value" : "no error"; }
+
+using std::fma;
+using std::max;
+using std::min;
 
 inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
 inline double rsqrt(double v) { return 1.0 / std::sqrt(v); }
@@ -74,7 +80,16 @@ struct Warp {
   std::barrier<> bar{32};
 };
 
-inline thread_local std::barrier<>* block_barrier = nullptr;
+// Block-wide state: the __syncthreads barrier and three flags for __syncthreads_or (call g uses
+// flag g % 3 and clears flag (g + 1) % 3, which no thread can be using then).
+struct Block {
+  explicit Block(unsigned threads) : bar(threads) {}
+  std::barrier<> bar;
+  std::atomic<int> any[3] = {0, 0, 0};
+};
+
+inline thread_local Block* this_block = nullptr;
+inline thread_local unsigned or_calls = 0;
 inline thread_local Warp* warp = nullptr;
 inline thread_local int lane = 0;
 
@@ -86,7 +101,7 @@ cudaError_t launch(F&& body, dim3 grid, dim3 block, size_t /*smem*/ = 0,
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(threads);
+        Block blk(threads);
         std::vector<std::unique_ptr<Warp>> warps;
         for (unsigned w = 0; w < threads / 32; ++w) warps.emplace_back(new Warp());
         std::vector<std::thread> pool;
@@ -97,12 +112,13 @@ cudaError_t launch(F&& body, dim3 grid, dim3 block, size_t /*smem*/ = 0,
             blockIdx = dim3(bx, by, bz);
             blockDim = block;
             gridDim = grid;
-            block_barrier = &bar;
+            this_block = &blk;
+            or_calls = 0;
             warp = warps[t / 32].get();
             lane = int(t % 32);
             body();
             // a thread that returned early leaves the barriers the others may still use
-            bar.arrive_and_drop();
+            blk.bar.arrive_and_drop();
             warp->bar.arrive_and_drop();
           });
         }
@@ -113,7 +129,18 @@ cudaError_t launch(F&& body, dim3 grid, dim3 block, size_t /*smem*/ = 0,
 
 }  // namespace sf_emu
 
-inline void __syncthreads() { sf_emu::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { sf_emu::this_block->bar.arrive_and_wait(); }
+
+inline int __syncthreads_or(int predicate) {
+  sf_emu::Block& b = *sf_emu::this_block;
+  const unsigned g = sf_emu::or_calls++;
+  b.bar.arrive_and_wait();  // every thread has cleared this call's flag (in call g - 1)
+  if (predicate) b.any[g % 3].store(1);
+  b.bar.arrive_and_wait();
+  const int result = b.any[g % 3].load();
+  b.any[(g + 1) % 3].store(0);
+  return result;
+}
 
 template <typename T>
 T __shfl_down_sync(unsigned /*mask*/, T v, int offset) {

@@ -1,0 +1,1 @@
+"""CUDA device code run on the CPU under a host emulation of CUDA: python -m tests.cuda_emulation."""
