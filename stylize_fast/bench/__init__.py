@@ -121,25 +121,28 @@ def run_bench(
 def write_outputs(rows: list[dict], profile_rows: list[dict], output: str, *,
                   name: str = "results", plot: bool = True,
                   log: Callable[[str], None] = print) -> dict[str, str]:
-    """``<name>.csv`` (the CSV comes first: a missing plotting package never costs the numbers),
-    ``profile.csv`` when there are profile rows, and the pictures: ``<op>.png`` (``<name>_<op>.png``
-    for another ``name``) and ``<op>_sweep.png`` where sizes sweep. Returns kind -> path."""
+    """Write ``<name>.csv`` first (a missing plotting package never costs the numbers), the
+    profile split when there is one, then the pictures: ``<op>.png`` bar charts and
+    ``<op>_sweep.png`` where sizes sweep. Another ``name`` prefixes every file with it
+    (``<name>.png`` when the rows hold one op). Returns kind -> path."""
     os.makedirs(output, exist_ok=True)
-    files = {"csv": report.write_csv(os.path.join(output, f"{name}.csv"), rows)}
+    path = lambda stem: os.path.join(output, stem)
+    files = {"csv": report.write_csv(path(f"{name}.csv"), rows)}
     if profile_rows:
-        files["profile_csv"] = report.write_csv(os.path.join(output, "profile.csv"),
-                                                profile_rows, report.PROFILE_COLUMNS)
+        stem = "profile.csv" if name == "results" else f"{name}_profile.csv"
+        files["profile_csv"] = report.write_csv(path(stem), profile_rows, report.PROFILE_COLUMNS)
     if not plot:
         return files
     if report._pyplot() is None:
         log(report.PLOT_HINT)
         return files
-    prefix = "" if name == "results" else f"{name}_"
-    for op in suite.OPS:
-        path = report.plot(rows, op, os.path.join(output, f"{prefix}{op}.png"))
-        if path:
-            files[f"plot_{op}"] = path
-        path = report.plot_sweeps(rows, op, os.path.join(output, f"{prefix}{op}_sweep.png"))
-        if path:
-            files[f"sweep_{op}"] = path
+    ops = [op for op in suite.OPS if any(r["op"] == op for r in rows)]
+    for op in ops:
+        stem = op if name == "results" else name if len(ops) == 1 else f"{name}_{op}"
+        made = report.plot(rows, op, path(f"{stem}.png"))
+        if made:
+            files[f"plot_{op}"] = made
+        made = report.plot_sweeps(rows, op, path(f"{stem}_sweep.png"))
+        if made:
+            files[f"sweep_{op}"] = made
     return files

@@ -234,9 +234,12 @@ def plot(rows: list[dict], op: str, path: str) -> str | None:
     fig, axes = plt.subplots(len(metrics), len(allocs), squeeze=False, sharey=True,
                              figsize=(6.4 * len(allocs) + 2.0, fig_h))
     for mi, (column, xlabel) in enumerate(metrics):
+        # One scale per row, so the allocator settings' panels compare at a glance.
+        spreads = [_ratio_with_spread(r, column) for r in ok if r.get(column) not in (None, "")]
+        values, highs = [v for v, _, _ in spreads], [h for _, _, h in spreads]
+        log = bool(values) and max(values) / max(min(values), 1e-9) > 30
         for ai, alloc in enumerate(allocs):
             ax = axes[mi][ai]
-            values, highs = [], []
             for ci, case in enumerate(cases):
                 for pi, prov in enumerate(providers):
                     r = by.get((case, alloc, prov))
@@ -244,8 +247,6 @@ def plot(rows: list[dict], op: str, path: str) -> str | None:
                         continue
                     y = ci + (pi - (len(providers) - 1) / 2) * height
                     v, lo, hi = _ratio_with_spread(r, column)
-                    values.append(v)
-                    highs.append(hi)
                     ax.barh(y, v, height=height * 0.9, color=colors[prov],
                             xerr=[[max(v - lo, 0)], [max(hi - v, 0)]], capsize=2,
                             error_kw={"elinewidth": 0.8, "ecolor": "0.25"})
@@ -253,15 +254,15 @@ def plot(rows: list[dict], op: str, path: str) -> str | None:
                             fontsize=7, clip_on=True)
             ax.axvline(1.0, color="black", linewidth=0.9, linestyle="--")
             # Room right of the longest whisker for its label.
-            if values and max(values) / max(min(values), 1e-9) > 30:
+            if log:
                 ax.set_xscale("log")
-                ax.set_xlim(right=max(highs) * 4)
+                ax.set_xlim(min(values) / 2, max(highs) * 4)
             else:
                 ax.set_xlim(0, max([1.0, *highs]) * 1.2)
             ax.set_yticks(range(len(cases)), [labels[c] for c in cases], fontsize=8)
             ax.set_ylim(len(cases) - 0.5, -0.5)
             ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_title(f"{alloc or 'unknown'} malloc" if alloc else "", fontsize=9)
+            ax.set_title(f"{alloc} malloc" if alloc else "", fontsize=9)
             ax.grid(True, axis="x", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in providers]
     fig.legend(handles, providers, loc="upper center", ncol=min(len(providers), 4), fontsize=8,
