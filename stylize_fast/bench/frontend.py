@@ -41,17 +41,26 @@ def shapes_arg(text: str) -> list[tuple[int, int, int, int]]:
     return shapes
 
 
+def check_csv(path: str) -> bool:
+    """Whether ``path`` already holds rows of the one layout (False: new or empty); a file of
+    another layout stops the script with one line, before anything is measured."""
+    from .report import CSV_COLUMNS
+
+    if not (os.path.exists(path) and os.path.getsize(path) > 0):
+        return False
+    with open(path, newline="") as f:
+        header = tuple(next(csv.reader(f), ()))
+    if header != CSV_COLUMNS:
+        raise SystemExit(f"--csv {path}: the file has other columns (an older layout); "
+                         "give a new file name")
+    return True
+
+
 def append_csv(path: str, rows: list[dict]) -> None:
-    """Append ``rows`` to ``path`` in the one CSV layout; refuse a file with another header."""
+    """Append ``rows`` to ``path`` in the one CSV layout (a new file gets the header)."""
     from .report import CSV_COLUMNS, _cell
 
-    exists = os.path.exists(path) and os.path.getsize(path) > 0
-    if exists:
-        with open(path, newline="") as f:
-            header = tuple(next(csv.reader(f), ()))
-        if header != CSV_COLUMNS:
-            raise ValueError(f"--csv {path}: the file has other columns (an older layout); "
-                             "give a new file name")
+    exists = check_csv(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", newline="") as f:
         w = csv.writer(f)
@@ -70,6 +79,8 @@ def run(args: argparse.Namespace, cases: list[Case], **kw) -> list[dict]:
     repeats = args.repeats if args.repeats is not None else args.default_repeats
     if args.threads < 1 or repeats < 1:
         raise SystemExit("--threads and --repeats must be positive integers")
+    if args.csv:
+        check_csv(args.csv)
     torch.set_num_threads(args.threads)
     allocators = ("pinned", "default") if args.allocator == "both" else (args.allocator,)
     result = run_bench(cases, args.output, device=args.device, repeats=repeats,
