@@ -75,10 +75,11 @@ def _ours(rows: list[Row]) -> list[str]:
     return names
 
 
-def _provider_cell(name: str, column: str = "ratio_to_baseline") -> Cell:
+def _provider_cell(name: str, column: str = "ratio_to_baseline",
+                   fmt: Callable[[object], str] = _ratio) -> Cell:
     def cell(group: list[Row]) -> str:
         r = _find(group, lambda r: r["provider"] == name)
-        return _ratio(r.get(column)) if r else "—"
+        return fmt(r.get(column)) if r else "—"
 
     return cell
 
@@ -137,7 +138,7 @@ def columns(name: str, rows: list[Row]) -> list[tuple[str, Cell]]:
             cols.append(("torch.compile ×", _backend_cell("inductor")))
         if any(r.get("peak_mb") not in (None, "") for r in ok):
             for p in _ours(ok):
-                cols.append((f"peak MB {p}", _provider_cell(p, "peak_mb")))
+                cols.append((f"peak MB {p}", _provider_cell(p, "peak_mb", _ms)))
             cols.append(("peak MB F.pad+conv2d", _baseline_cell("peak_mb", _ms)))
         cols.append(("F.pad+conv2d ms", _baseline_cell("median_ms", _ms)))
     elif name == "generators":
@@ -181,6 +182,13 @@ def render(name: str, rows: list[Row]) -> str:
     for r in rows:
         groups.setdefault((*report.case_key(r), r.get("allocator", "")), []).append(r)
     groups = {k: g for k, g in groups.items() if any(r.get("status") == "ok" for r in g)}
+    # Each case's allocator settings on adjacent lines, cases in the order they ran.
+    first: dict[tuple, int] = {}
+    for i, key in enumerate(groups):
+        first.setdefault(key[:-1], i)
+    order = {"pinned": 0, "default": 1}
+    groups = dict(sorted(groups.items(), key=lambda kv: (first[kv[0][:-1]],
+                                                          order.get(kv[0][-1], 2))))
     if not groups:
         return f"(no measured rows in {name}.csv)"
     cols = columns(name, rows)
