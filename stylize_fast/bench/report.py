@@ -234,10 +234,13 @@ def plot(rows: list[dict], op: str, path: str) -> str | None:
     fig, axes = plt.subplots(len(metrics), len(allocs), squeeze=False, sharey=True,
                              figsize=(6.4 * len(allocs) + 2.0, fig_h))
     for mi, (column, xlabel) in enumerate(metrics):
-        # One scale per row, so the allocator settings' panels compare at a glance.
-        spreads = [_ratio_with_spread(r, column) for r in ok if r.get(column) not in (None, "")]
-        values, highs = [v for v, _, _ in spreads], [h for _, _, h in spreads]
+        # One scale per row, so the allocator settings' panels compare at a glance. The bars
+        # set the scale; a whisker longer than the panel is cut at its edge (noisy machine).
+        values = [_num(r.get(column)) for r in ok if r.get(column) not in (None, "")]
         log = bool(values) and max(values) / max(min(values), 1e-9) > 30
+        right = max(values or [1.0]) * (4.0 if log else 1.45)
+        if not log:
+            right = max(right, 1.3)
         for ai, alloc in enumerate(allocs):
             ax = axes[mi][ai]
             for ci, case in enumerate(cases):
@@ -250,15 +253,15 @@ def plot(rows: list[dict], op: str, path: str) -> str | None:
                     ax.barh(y, v, height=height * 0.9, color=colors[prov],
                             xerr=[[max(v - lo, 0)], [max(hi - v, 0)]], capsize=2,
                             error_kw={"elinewidth": 0.8, "ecolor": "0.25"})
-                    ax.text(hi, y, f" {v:.2f}" if v >= 0.1 else f" {v:.2g}", va="center",
+                    at = min(hi, right / (2.0 if log else 1.15))
+                    ax.text(at, y, f" {v:.2f}" if v >= 0.1 else f" {v:.2g}", va="center",
                             fontsize=7, clip_on=True)
             ax.axvline(1.0, color="black", linewidth=0.9, linestyle="--")
-            # Room right of the longest whisker for its label.
             if log:
                 ax.set_xscale("log")
-                ax.set_xlim(min(values) / 2, max(highs) * 4)
+                ax.set_xlim(min(values) / 2, right)
             else:
-                ax.set_xlim(0, max([1.0, *highs]) * 1.2)
+                ax.set_xlim(0, right)
             ax.set_yticks(range(len(cases)), [labels[c] for c in cases], fontsize=8)
             ax.set_ylim(len(cases) - 0.5, -0.5)
             ax.set_xlabel(xlabel, fontsize=8)
