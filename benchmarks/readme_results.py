@@ -32,7 +32,7 @@ from stylize_fast.bench.suite import Case, conv_params, johnson_norm_shapes  # n
 
 AREAS = ("instance_norm", "padded_conv", "generators")
 # Seconds after which an area starts no new case (both allocator settings together).
-TIME_LIMITS = {"instance_norm": 180.0, "padded_conv": 270.0, "generators": 420.0}
+TIME_LIMITS = {"instance_norm": 180.0, "padded_conv": 270.0, "generators": 360.0}
 CONV_LAYERS = [((1, 3, 512, 512), 32, 9, 1), ((1, 128, 128, 128), 128, 3, 1),
                ((1, 64, 256, 256), 64, 3, 1), ((4, 32, 256, 256), 64, 3, 2),
                ((1, 32, 512, 512), 3, 9, 1)]

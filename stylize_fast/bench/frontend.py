@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 
 from .suite import Case
 
@@ -25,7 +26,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, repeats: int, threa
                         help="append the rows to FILE (the layout of stylize-fast bench's "
                              "results.csv; a new file gets the header)")
     parser.add_argument("--output", metavar="DIR",
-                        help="also write results.csv and the PNG bar charts into DIR")
+                        help="also write SCRIPT.csv and the PNG bar charts (SCRIPT.png) into DIR")
 
 
 def shapes_arg(text: str) -> list[tuple[int, int, int, int]]:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace, cases: list[Case], **kw) -> list[dict]:
     """Run ``cases`` as the script's flags say; print the table; write --csv / --output."""
     import torch
 
-    from . import run_bench
+    from . import run_bench, write_outputs
 
     repeats = args.repeats if args.repeats is not None else args.default_repeats
     if args.threads < 1 or repeats < 1:
@@ -83,8 +84,14 @@ def run(args: argparse.Namespace, cases: list[Case], **kw) -> list[dict]:
         check_csv(args.csv)
     torch.set_num_threads(args.threads)
     allocators = ("pinned", "default") if args.allocator == "both" else (args.allocator,)
-    result = run_bench(cases, args.output, device=args.device, repeats=repeats,
-                       allocators=allocators, **kw)
+    result = run_bench(cases, None, device=args.device, repeats=repeats, allocators=allocators,
+                       **kw)
+    if args.output:
+        # Named after the script, so several scripts can share one folder.
+        name = os.path.splitext(os.path.basename(sys.argv[0]))[0] or "results"
+        for path in write_outputs(result.rows, result.profile_rows, args.output,
+                                  name=name).values():
+            print(f"wrote {path}")
     if args.csv:
         append_csv(args.csv, result.rows)
         print(f"wrote {len(result.rows)} rows to {args.csv}")
