@@ -180,6 +180,8 @@ setup(
         "numpy",
         "pillow",
         "tqdm",
+        # `stylize-fast bench`, the package's main job, draws its bar charts with it.
+        "matplotlib",
     ],
     extras_require={
         "triton": ["triton"],

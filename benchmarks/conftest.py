@@ -4,6 +4,9 @@
     python -m pytest benchmarks/ --benchmark-only
     python -m pytest benchmarks/ --benchmark-only --benchmark-json=out.json
 
+As the regression gate: save a run on a quiet machine (``--benchmark-autosave``), then
+``--benchmark-compare --benchmark-compare-fail=median:10%`` fails a later run that got slower.
+
 Kept out of the normal test run (pyproject: testpaths = ["tests"]). The providers are those of
 stylize_fast.bench; a provider that cannot run here is skipped with its reason.
 """

@@ -1,5 +1,6 @@
 """The benchmark machinery on a tiny case list: CSV schema and rows, PNG validity, timing
-statistics, allocator handling and the CLI. Speed itself is never asserted here."""
+statistics, allocator handling, missing optional packages and the CLI. Speed itself is never
+asserted here."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cases = suite.tiny() + [Case("generator", (1, 3, 32, 32), params=(("arch", "johnson"),))]
     # pin_allocator=False: leave this test process's malloc alone.
-    result = bench.run_bench(cases, str(out), repeats=3, warmup=1, isolate_generators=False,
+    result = bench.run_bench(cases, str(out), repeats=3, warmup=1, isolate=False,
                              pin_allocator=False, log=lambda s: None)
     return out, result, cases
 
@@ -50,7 +51,7 @@ def test_csv_header_and_rows(tiny_run):
         for r in ok.values():
             p20, med, p80 = float(r["p20_ms"]), float(r["median_ms"]), float(r["p80_ms"])
             assert 0 < p20 <= med <= p80, r
-            assert int(r["repeats"]) == 3 and int(r["number"]) >= 1
+            assert int(r["repeats"]) == 3
             assert float(r["gbps"]) > 0
             if r["provider"] != "copy":
                 assert float(r["ratio_to_copy"]) == pytest.approx(
@@ -60,7 +61,9 @@ def test_csv_header_and_rows(tiny_run):
                     "timestamp", "backends_available"):
             assert r[col], (col, r)
         assert r["torch_version"] == torch.__version__
-        assert r["allocator"] == allocator.setting()
+        assert r["allocator"] == allocator.short() and r["allocator"] in ("pinned", "default")
+        assert r["allocator_detail"] == allocator.setting()
+        assert r["command"]
 
 
 def test_generator_rows_present_or_skipped(tiny_run):
@@ -107,20 +110,20 @@ def test_measure_interleaves_and_reports_errors():
     def broken():
         raise RuntimeError("kaput")
 
-    res = timing.measure({"a": make("a"), "b": make("b"), "bad": broken}, warmup=0,
-                         repeats=4, min_sample_s=0.0)
+    res = timing.measure({"a": make("a"), "b": make("b"), "bad": broken}, warmup=0, repeats=4)
     assert isinstance(res["bad"], RuntimeError)
     assert res["a"].repeats == 4 and res["b"].repeats == 4
     sampled = calls[2:]  # after the two first calls
-    # Round r starts at provider r % 2: a b, b a, a b, b a.
+    # One call of each per round; round r starts at provider r % 2: a b, b a, a b, b a.
     assert sampled == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert all(len(t.samples) == 4 for t in (res["a"], res["b"]))
 
 
 def test_measure_budget_limits_repeats():
     import time
 
     res = timing.measure({"sleep": lambda: time.sleep(0.01)}, warmup=0, repeats=100,
-                         min_sample_s=0.0, budget_s=0.05, min_repeats=3)
+                         budget_s=0.05, min_repeats=3)
     assert 3 <= res["sleep"].repeats <= 10
     assert res["sleep"].median >= 0.009
 
@@ -163,7 +166,7 @@ def test_cli_help():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--full", "--output", "--device", "--ops", "--dtype", "--repeats",
-                 "--quick-only", "--no-plot"):
+                 "--quick-only", "--no-plot", "--allocator", "--memory"):
         assert flag in proc.stdout
 
 
@@ -175,12 +178,65 @@ def test_cli_rejects_bad_ops(capsys):
     assert "instance_norm" in capsys.readouterr().err
 
 
-def test_generators_run_once_per_allocator_setting(tmp_path):
-    case = Case("generator", (1, 3, 32, 32), params=(("arch", "texture"),))
-    result = bench.run_bench([case], None, repeats=2, warmup=0, log=lambda s: None,
-                             pin_allocator=False, generator_allocators=("pinned", "default"))
-    settings = {r["allocator"].split(" ")[0] for r in result.rows}
-    assert settings == {"pinned", "default"}, {r["allocator"] for r in result.rows}
+def test_every_case_runs_under_each_allocator_setting():
+    cases = [Case("instance_norm", (1, 4, 8, 8)),
+             Case("generator", (1, 3, 32, 32), params=(("arch", "texture"),))]
+    result = bench.run_bench(cases, None, repeats=2, warmup=0, log=lambda s: None,
+                             allocators=("pinned", "default"), profile_generators=False)
+    for op in ("instance_norm", "generator"):
+        rows = [r for r in result.rows if r["op"] == op]
+        assert {r["allocator"] for r in rows} == {"pinned", "default"}, op
+        details = {r["allocator"]: r["allocator_detail"] for r in rows}
+        assert details["pinned"].startswith("pinned") and details["default"].startswith("default")
+        # Ratios are taken within one setting: each setting's baseline is 1.
+        for setting in ("pinned", "default"):
+            base = [r for r in rows if r["allocator"] == setting and r.get("baseline") == 1
+                    and r["status"] == "ok"]
+            assert len(base) == 1 and base[0]["ratio_to_baseline"] == pytest.approx(1.0)
+
+
+def test_missing_optional_packages_give_one_line_each():
+    rows = [{"op": "generator", "provider": p, "status": "skipped: onnxruntime is not installed"}
+            for p in ("onnxruntime",) * 3] + \
+           [{"op": "instance_norm", "provider": "sf-triton", "status": "skipped: no CUDA device"}]
+    lines = report.skipped_summary(rows)
+    assert lines == ["not measured (onnxruntime): onnxruntime is not installed",
+                     "not measured (sf-triton): no CUDA device"]
+
+
+def test_without_matplotlib_the_csv_is_written_and_one_line_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_pyplot", lambda: None)
+    logs: list[str] = []
+    rows = [{"op": "instance_norm", "provider": "copy", "shape": "1x1x1x1", "status": "ok"}]
+    files = bench.write_outputs(rows, [], str(tmp_path), log=logs.append)
+    assert set(files) == {"csv"} and (tmp_path / "results.csv").exists()
+    assert logs == [report.PLOT_HINT] and "pip install matplotlib" in logs[0]
+
+
+def test_bar_chart_shows_ours_eager_compile_not_the_other_variants():
+    def row(provider, backend, **kw):
+        return {"op": "padded_conv2d", "provider": provider, "backend": backend, "status": "ok",
+                "is_copy": "0", "baseline": "0", **kw}
+
+    assert report.plotted(row("sf-cpu", "cpu"))
+    assert report.plotted(row("F.pad+conv2d", "torch", baseline="1"))
+    assert report.plotted(row("compiled F.pad+conv2d", "inductor"))
+    assert not report.plotted(row("Conv2d(padding_mode)", "torch"))
+    assert not report.plotted(row("sf-reference", "reference"))
+    assert not report.plotted(row("copy", "torch", is_copy="1"))
+    assert not report.plotted(row("sf-cpu", "cpu", status="skipped: x"))
+
+
+def test_sweeps_need_three_sizes():
+    def row(size, alloc="pinned"):
+        return {"op": "generator", "provider": "fused", "backend": "cpu", "status": "ok",
+                "shape": f"1x3x{size}x{size}", "params": "arch=johnson", "dtype": "float32",
+                "layout": "contiguous", "mode": "inference", "allocator": alloc,
+                "baseline": "0", "is_copy": "0"}
+
+    assert report.sweeps([row(256), row(512)]) == {}
+    found = report.sweeps([row(256), row(512), row(1024), row(256, "default")])
+    assert len(found) == 1 and len(next(iter(found.values()))) == 3
 
 
 def test_time_limit_stops_starting_cases():

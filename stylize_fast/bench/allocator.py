@@ -65,6 +65,17 @@ def apply(name: str) -> str:
     return pin() if name == "pinned" else setting()
 
 
+def short(description: str | None = None) -> str:
+    """The setting's name for tables and the CSV's ``allocator`` column: ``pinned``,
+    ``default`` (glibc's own behaviour) or ``other`` (not glibc, or mallopt failed)."""
+    text = setting() if description is None else str(description)
+    if text.startswith("pinned"):
+        return "pinned"
+    if text.startswith("default glibc"):
+        return "default"
+    return "other"
+
+
 def subprocess_env(name: str) -> dict[str, str]:
     """Environment for a child process that should run with setting ``name``."""
     env = dict(os.environ)

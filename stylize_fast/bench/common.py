@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -22,15 +23,24 @@ def input_count(case: Case, device: str, shape: tuple[int, ...] | None = None) -
     return rotation_count(nbytes, machine.cache_bytes(device))
 
 
+@functools.lru_cache(maxsize=2)
+def _random_input(case: Case, device: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    # One random tensor per case, shared by its providers (drawing random numbers costs far more
+    # than copying them; the copies below are what keeps each call's input out of the cache).
+    gen = torch.Generator().manual_seed(seed)
+    return make_input(shape, case.torch_dtype, case.layout, device=device, generator=gen)
+
+
 def make_inputs(case: Case, device: str, *, requires_grad: bool = False,
                 shape: tuple[int, ...] | None = None, count: int | None = None,
                 seed: int = 0) -> list[torch.Tensor]:
-    """``count`` fresh random inputs (default: enough to exceed the cache twice)."""
-    shape = shape or case.shape
+    """``count`` copies of one fresh random input, each at its own address (default: enough
+    to exceed the cache twice, so no call finds its input cached)."""
+    shape = tuple(shape or case.shape)
     count = count or input_count(case, device, shape)
-    gen = torch.Generator().manual_seed(seed)
-    return [make_input(shape, case.torch_dtype, case.layout, device=device, generator=gen,
-                       requires_grad=requires_grad) for _ in range(count)]
+    base = _random_input(case, device, shape, seed)
+    return [base.clone(memory_format=case.memory_format).requires_grad_(requires_grad)
+            for _ in range(count)]
 
 
 def backend_context(backend: str | None) -> Callable[[], contextlib.AbstractContextManager]:
@@ -116,6 +126,10 @@ def sf_backends(op: str, device: str) -> list[tuple[str, str | None]]:
     for name in backends.BACKENDS:
         impl = impls.get(name)
         if impl is None:
+            # Not registered because its package or kernels are missing (triton not installed,
+            # an extension built without CUDA): say so once, like any missing provider.
+            if not avail[name]:
+                out.append((name, backends.unavailable_reason(name)))
             continue
         reason = None
         if not avail[name]:

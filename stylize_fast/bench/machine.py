@@ -60,6 +60,13 @@ def device_name(device: str) -> str:
     return f"cpu ({torch.backends.cpu.get_cpu_capability()})"
 
 
+def threads_from_env() -> int | None:
+    """The thread count a benchmark worker process is told to use (STYLIZE_FAST_BENCH_THREADS,
+    set by the parent), or None. The only reader of that variable."""
+    value = os.environ.get("STYLIZE_FAST_BENCH_THREADS", "").strip()
+    return int(value) if value else None
+
+
 def collect(device: str = "cpu") -> dict[str, str]:
     """Machine columns shared by every row of one run."""
     from .. import __version__, backends
@@ -79,11 +86,12 @@ def collect(device: str = "cpu") -> dict[str, str]:
         "triton_version": triton_version,
         "stylize_fast_version": __version__,
         "backends_available": "+".join(b for b in backends.BACKENDS if avail[b]),
-        "allocator": allocator.setting(),
+        "allocator": allocator.short(),
+        "allocator_detail": allocator.setting(),
         "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if device.startswith("cuda"):
-        info["allocator"] += "; PYTORCH_CUDA_ALLOC_CONF=" + os.environ.get(
+        info["allocator_detail"] += "; PYTORCH_CUDA_ALLOC_CONF=" + os.environ.get(
             "PYTORCH_CUDA_ALLOC_CONF", "")
     return info
 
@@ -92,5 +100,5 @@ def describe(info: dict[str, str]) -> str:
     """One line for the console and docs."""
     return (f"{info['device']} | {info['cpu_model']} | {info['threads']} threads | "
             f"torch {info['torch_version']} | triton {info['triton_version'] or '-'} | "
-            f"backends {info['backends_available']} | allocator: {info['allocator']} | "
+            f"backends {info['backends_available']} | allocator: {info['allocator_detail']} | "
             f"python {platform.python_version()}")

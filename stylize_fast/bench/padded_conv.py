@@ -98,3 +98,24 @@ def flop_count(case: Case) -> int:
     ho, wo = _out_hw(case)
     fwd = 2 * case.shape[0] * cout * ho * wo * cin * k * k
     return fwd * (3 if case.mode == "forward+backward" else 1)
+
+
+def note(case: Case, device: str) -> str:
+    """What our CPU kernel runs for this layer (``stylize_fast.ops.padded_conv.cpu_algorithm``):
+    the forward's algorithm, and for forward+backward also the input and weight gradients'."""
+    if device != "cpu":
+        return ""
+    import torch
+
+    from ..ops import padded_conv as ops
+    from ..ops.common import padding_mode_code
+
+    cin, cout, k, stride, pad, mode = _geometry(case)
+    x = torch.empty(case.shape, dtype=case.torch_dtype).contiguous(memory_format=case.memory_format)
+    w = torch.empty(cout, cin, k, k, dtype=case.torch_dtype)
+    args = (x, w, (stride, stride), (pad, pad), int(padding_mode_code(mode)))
+    text = ops.cpu_algorithm(*args)
+    if case.mode == "forward+backward":
+        text += (f"; input grad {ops.cpu_algorithm(*args, input_grad=True)}"
+                 f", weight grad {ops.cpu_algorithm(*args, weight_grad=True)}")
+    return text

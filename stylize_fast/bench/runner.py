@@ -1,6 +1,6 @@
 """Runs case lists: builds providers, times them interleaved, turns timings into CSV rows.
 
-Generator cases can run once per allocator setting, each in its own subprocess
+A case list runs once per allocator setting, each in its own subprocess
 (``python -m stylize_fast.bench.worker``), because ``mallopt`` cannot be undone in a process.
 """
 
@@ -38,15 +38,22 @@ def _fmt_exc(exc: BaseException) -> str:
 
 def run_case(case: Case, *, device: str = "cpu", compile: bool = False, warmup: int = 2,
              repeats: int = 15, budget_s: float | None = None, profile: bool = False,
-             log: Log = _silent) -> tuple[list[dict], list[dict]]:
+             memory: bool = False, log: Log = _silent) -> tuple[list[dict], list[dict]]:
     """Measure every provider of ``case``; returns (rows, profile_rows) without machine columns
-    and ratios (added by :func:`finish_rows`)."""
+    and ratios (added by :func:`finish_rows`). ``memory``: also the peak bytes of one call
+    (CPU, after the timing; see :mod:`.memory`)."""
     module = OP_MODULES[case.op]
     rows: list[dict] = []
     prepared: dict[str, Prepared] = {}
     provs: dict[str, Provider] = {}
     base = {"op": case.op, "shape": case.shape_str, "params": case.params_str,
             "dtype": case.dtype, "layout": case.layout, "mode": case.mode}
+    note = getattr(module, "note", None)
+    if note is not None:
+        try:
+            base["note"] = note(case, device)
+        except Exception as exc:
+            base["note"] = f"note failed: {_fmt_exc(exc)}"
     for prov in module.providers(case, device, compile=compile):
         try:
             prepared[prov.name] = prov.build()
@@ -68,8 +75,7 @@ def run_case(case: Case, *, device: str = "cpu", compile: bool = False, warmup: 
                "baseline": int(prov.baseline), "is_copy": int(prov.is_copy)}
         if isinstance(t, Timing):
             row.update(status="ok", median_ms=t.median * 1e3, p20_ms=t.p20 * 1e3,
-                       p80_ms=t.p80 * 1e3, repeats=t.repeats, number=t.number,
-                       first_call_s=t.first_call_s,
+                       p80_ms=t.p80 * 1e3, repeats=t.repeats, first_call_s=t.first_call_s,
                        compile_s=t.setup_s if prov.compiled else "")
             if traffic and not prov.is_copy:
                 row["gbps"] = traffic / t.median / 1e9
@@ -79,6 +85,13 @@ def run_case(case: Case, *, device: str = "cpu", compile: bool = False, warmup: 
                 row["gflops"] = flops / t.median / 1e9
             if name in quality:
                 row["psnr_db"] = quality[name]
+            if memory and not device.startswith("cuda"):
+                from .memory import peak_bytes
+
+                try:
+                    row["peak_mb"] = peak_bytes(prepared[name].step) / 2**20
+                except Exception as exc:
+                    log(f"  peak memory of {name} failed: {_fmt_exc(exc)}")
         else:
             row["status"] = f"error: {_fmt_exc(t)}"
         rows.append(row)
@@ -124,15 +137,15 @@ def _quality(case: Case, prepared: dict[str, Prepared], provs: dict[str, Provide
     return out
 
 
-def finish_rows(rows: list[dict], info: dict[str, str]) -> list[dict]:
+def finish_rows(rows: list[dict], info: dict[str, str], *, ratios: bool = True) -> list[dict]:
     """Add ratio_to_baseline / ratio_to_copy (within each case and allocator setting) and the
-    machine columns."""
+    machine columns (a row's own, from the process that measured it, win)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["op"], row["shape"], row["params"], row["dtype"], row["layout"], row["mode"],
-               row.get("allocator", info["allocator"]))
+        key = (row["op"], row["shape"], row.get("params", ""), row["dtype"], row["layout"],
+               row["mode"], row.get("allocator", info.get("allocator")))
         groups.setdefault(key, []).append(row)
-    for group in groups.values():
+    for group in groups.values() if ratios else ():
         ok = [r for r in group if r.get("status") == "ok"]
         base = next((r["median_ms"] for r in ok if r.get("baseline")), None)
         copy = next((r["median_ms"] for r in ok if r.get("is_copy")), None)
@@ -151,8 +164,8 @@ def finish_rows(rows: list[dict], info: dict[str, str]) -> list[dict]:
 
 def run_cases(cases: Iterable[Case], *, device: str = "cpu", compile: bool | list = False,
               warmup: int = 2, repeats: int = 15, budget_s: float | None = None,
-              profile_generators: bool = True, deadline: float | None = None,
-              log: Log = _silent) -> tuple[list, list]:
+              profile_generators: bool = True, memory: bool = False,
+              deadline: float | None = None, log: Log = _silent) -> tuple[list, list]:
     """Run ``cases`` in this process; rows carry this process's machine columns. No case is
     started after ``deadline`` (a ``time.time()`` value); those are logged as not run."""
     rows: list[dict] = []
@@ -168,7 +181,7 @@ def run_cases(cases: Iterable[Case], *, device: str = "cpu", compile: bool | lis
         on = compile if isinstance(compile, bool) else case.op in compile
         r, p = run_case(case, device=device, compile=on, warmup=warmup, repeats=repeats,
                         budget_s=budget_s, profile=profile_generators and case.op == "generator",
-                        log=log)
+                        memory=memory, log=log)
         log(f"[{i}/{len(cases)}] {case.op} {case.shape_str} {case.params_str} {case.dtype} "
             f"{case.layout} {case.mode}: {time.perf_counter() - t0:.1f} s")
         rows += r
@@ -178,18 +191,23 @@ def run_cases(cases: Iterable[Case], *, device: str = "cpu", compile: bool | lis
 
 def run_in_subprocess(cases: list[Case], setting: str, *, device: str = "cpu",
                       compile: bool | list = False, warmup: int = 2, repeats: int = 15,
-                      budget_s: float | None = None, deadline: float | None = None,
+                      budget_s: float | None = None, memory: bool = False,
+                      profile_generators: bool = True, deadline: float | None = None,
                       log: Log = _silent) -> tuple[list, list]:
     """Run ``cases`` in a fresh interpreter with allocator ``setting`` ("pinned"/"default")."""
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:
         spec = {"cases": [c.to_json() for c in cases], "setting": setting, "device": device,
                 "compile": compile, "warmup": warmup, "repeats": repeats, "budget_s": budget_s,
+                "memory": memory, "profile_generators": profile_generators,
                 "deadline": deadline}
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         env = allocator.subprocess_env(setting)
         env["STYLIZE_FAST_BENCH_THREADS"] = str(torch.get_num_threads())
+        # The child imports this copy of the package (a checkout run as a script, or installed).
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         # Stream the worker's progress lines as they come (a full run takes a while).
         proc = subprocess.Popen([sys.executable, "-m", "stylize_fast.bench.worker", spec_path,
                                  out_path], env=env, stdout=subprocess.PIPE,

@@ -160,15 +160,25 @@ def tiny() -> list[Case]:
             + _conv_cases([((1, 4, 16, 16), 4, 3, 1)], ["float32"], ["contiguous"], ["inference"]))
 
 
+def _round_robin(*lists: list[Case]) -> list[Case]:
+    """One case of each list in turn, so a run cut short by its time limit has every op."""
+    out: list[Case] = []
+    for i in range(max(map(len, lists))):
+        out += [cases[i] for cases in lists if i < len(cases)]
+    return out
+
+
 def quick() -> list[Case]:
-    """The default run: the Johnson net's norm and conv shapes at 256x256, one generator case."""
+    """The default run: the Johnson net's norm and conv shapes at 256x256, one generator case;
+    ops in turn (see :func:`_round_robin`)."""
     norms = johnson_norm_shapes(1, 256)
-    return (_norm_cases(norms, ["float32"], ["contiguous"], ["inference"])
-            + _norm_cases(norms[:1], ["float32"], ["contiguous"], ["forward", "forward+backward"])
-            + _norm_cases(norms[:1], ["float32"], ["channels_last"], ["inference"])
-            + _conv_cases([((1, 3, 256, 256), 32, 9, 1), ((1, 128, 64, 64), 128, 3, 1)],
-                          ["float32"], ["contiguous"], ["inference"])
-            + _generator_cases(["johnson"], [256], [1], ["float32"]))
+    return _round_robin(
+        _norm_cases(norms, ["float32"], ["contiguous"], ["inference"])
+        + _norm_cases(norms[:1], ["float32"], ["contiguous"], ["forward", "forward+backward"])
+        + _norm_cases(norms[:1], ["float32"], ["channels_last"], ["inference"]),
+        _conv_cases([((1, 3, 256, 256), 32, 9, 1), ((1, 128, 64, 64), 128, 3, 1)],
+                    ["float32"], ["contiguous"], ["inference"]),
+        _generator_cases(["johnson"], [256], [1], ["float32"]))
 
 
 def full() -> list[Case]:

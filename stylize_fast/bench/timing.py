@@ -1,16 +1,22 @@
-"""The measurement core: warm-up, calibrated samples, providers interleaved, median and spread.
+"""The one timing method of every benchmark here (``stylize-fast bench``, ``benchmarks/bench_*.py``,
+``benchmarks/readme_results.py``): what a user's call costs, providers interleaved.
 
 Rules it follows so that ratios between providers are honest on a shared, noisy machine:
 
 * each callable's first call is timed on its own (``first_call_s``: includes torch.compile or
-  autotuning) and never mixed with the steady-state samples;
-* a sample runs the callable ``number`` times, calibrated so one sample lasts at least
-  ``min_sample_s`` (timer resolution and call overhead stay negligible);
-* samples are interleaved round-robin across all providers of one case, starting each round at
-  a different provider, so a burst of noise from other processes hits all providers alike;
-* the summary is the median with the 20th-80th percentile spread, never the mean or minimum;
-* on CUDA, samples are timed with CUDA events around the launches; providers rotate through
-  several copies of their input (:func:`rotation_count`) so no repeat finds its data in cache.
+  autotuning, reported apart) and never mixed with the steady-state samples;
+* a sample is **one call**, as a user's script makes it (no back-to-back loop that would keep
+  the call's output buffers and inputs hot); ``perf_counter`` resolves well below the
+  microsecond, so even the smallest op here is timed per call;
+* one round runs each provider once, and each round starts at a different provider, so a burst of
+  noise from other processes hits all providers alike and no provider always follows another;
+* the summary is the median with the 20th-80th percentile spread (numpy's quantiles), never the
+  mean or the minimum;
+* on CUDA, samples are timed with CUDA events around the launch; providers rotate through
+  several copies of their input (:func:`rotation_count`) so no call finds its data in cache.
+
+The allocator setting a process runs with (:mod:`.allocator`) is chosen before it starts:
+``run_bench`` runs its cases once per setting, each in its own process.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ class Timing:
     """Steady-state timing of one callable. Times in seconds per call."""
 
     samples: list[float] = field(default_factory=list)
-    number: int = 1
     first_call_s: float = float("nan")
 
     @property
@@ -54,14 +59,12 @@ class Timing:
 
 
 def quantile(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default); NaN for no values."""
+    """numpy's linear-interpolated quantile; NaN for no values."""
     if not values:
         return float("nan")
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    import numpy as np
+
+    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
 
 
 def synchronize(device: str) -> None:
@@ -92,20 +95,18 @@ class Rotating:
         return item
 
 
-def _time_calls(fn: Callable[[], object], number: int, device: str) -> float:
-    """Seconds per call of ``number`` back-to-back calls."""
+def time_call(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Seconds one call of ``fn`` takes (CUDA: between events around it, synchronised)."""
     if device.startswith("cuda"):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(number):
-            fn()
+        fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3 / number
+        return start.elapsed_time(end) / 1e3
     t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
+    fn()
+    return time.perf_counter() - t0
 
 
 def measure(
@@ -115,47 +116,40 @@ def measure(
     warmup: int = 2,
     repeats: int = 15,
     min_repeats: int = 3,
-    min_sample_s: float = 2e-3,
     budget_s: float | None = None,
 ) -> dict[str, Timing | BaseException]:
-    """Time every callable in ``fns`` with interleaved samples.
+    """Time every callable in ``fns``: ``repeats`` rounds, one call of each per round.
 
     Args:
         fns: provider name -> zero-argument callable running one call (inputs prepared).
-        device: ``"cpu"`` or ``"cuda[:i]"`` (CUDA events, synchronised per sample).
+        device: ``"cpu"`` or ``"cuda[:i]"`` (CUDA events, synchronised per call).
         warmup: calls after the first before sampling starts.
-        repeats: samples per provider (fewer, but at least ``min_repeats``, if the
-            estimated time exceeds ``budget_s``).
-        min_sample_s: a sample repeats the call until it lasts at least this long.
+        repeats: rounds (fewer, but at least ``min_repeats``, if the estimated time exceeds
+            ``budget_s``).
 
     Returns:
         name -> :class:`Timing`, or the exception a provider raised (it is then dropped from the
         remaining rounds; the others go on).
     """
+    synchronize(device)
     results: dict[str, Timing | BaseException] = {}
     per_call: dict[str, float] = {}
     for name, fn in fns.items():
         try:
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            first = time.perf_counter() - t0
+            first = time_call(fn, device)
             est = first
             for _ in range(warmup):
-                est = _time_calls(fn, 1, device)
-            per_call[name] = max(est, 1e-7)
+                est = time_call(fn, device)
+            per_call[name] = est
             results[name] = Timing(first_call_s=first)
         except Exception as exc:  # a broken provider must not stop the others
             results[name] = exc
     live = [n for n in fns if isinstance(results[n], Timing)]
     if not live:
         return results
-    for name in live:
-        results[name].number = max(1, math.ceil(min_sample_s / per_call[name]))
-    round_s = sum(results[n].number * per_call[n] for n in live)
+    round_s = sum(per_call[n] for n in live)
     if budget_s is not None and repeats * round_s > budget_s:
-        repeats = max(min_repeats, int(budget_s / round_s))
+        repeats = max(min_repeats, int(budget_s / max(round_s, 1e-9)))
     for r in range(repeats):
         # Rotate the starting provider each round: no provider always runs right after another.
         order = live[r % len(live):] + live[:r % len(live)]
@@ -164,7 +158,7 @@ def measure(
             if not isinstance(timing, Timing):
                 continue
             try:
-                timing.samples.append(_time_calls(fns[name], timing.number, device))
+                timing.samples.append(time_call(fns[name], device))
             except Exception as exc:
                 results[name] = exc
     return results

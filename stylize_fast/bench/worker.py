@@ -6,7 +6,6 @@ and writes the rows as JSON. Used to measure the generator under both allocator 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 
@@ -19,15 +18,19 @@ def main(argv: list[str]) -> int:
     allocator.apply(spec["setting"])
     import torch
 
-    if os.environ.get("STYLIZE_FAST_BENCH_THREADS"):
-        torch.set_num_threads(int(os.environ["STYLIZE_FAST_BENCH_THREADS"]))
+    from .machine import threads_from_env
+
+    threads = threads_from_env()
+    if threads:
+        torch.set_num_threads(threads)
     from .runner import run_cases
     from .suite import Case
 
     rows, profile_rows = run_cases(
         [Case.from_json(c) for c in spec["cases"]], device=spec["device"],
         compile=spec["compile"], warmup=spec["warmup"], repeats=spec["repeats"],
-        budget_s=spec["budget_s"], deadline=spec.get("deadline"),
+        budget_s=spec["budget_s"], memory=spec.get("memory", False),
+        profile_generators=spec.get("profile_generators", True), deadline=spec.get("deadline"),
         log=lambda s: print(s, flush=True))
     with open(out_path, "w") as f:
         json.dump({"rows": rows, "profile_rows": profile_rows}, f, default=str)

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick-only", action="store_true",
                         help="the quick case list even with --full's providers (with --compile)")
     parser.add_argument("--output", default="bench_results", metavar="DIR",
-                        help="folder for results.csv, profile.csv and <op>.png "
+                        help="folder for results.csv, profile.csv and <op>.png bar charts "
                              "(default: ./bench_results)")
     parser.add_argument("--device", default=None, metavar="D",
                         help="cpu or cuda[:i] (default: cuda if available, else cpu)")
@@ -55,11 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "compiling takes minutes per shape on a small CPU")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument("--allocator", choices=("both", "pinned", "default"), default="both",
-                        help="allocator settings for the generator cases, each in its own "
-                             "subprocess (default: both)")
+                        help="glibc allocator settings to run every case under, each in its own "
+                             "subprocess: pinned (freed memory kept), default (glibc's own, "
+                             "page-faulting big blocks back in) or both (default)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also record each call's peak memory (CPU; one profiled call more)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                         help="start no new case after this long and write what ran "
-                             "(default: 100 for the quick list, none for --full)")
+                             "(default: 120 for the quick list, none for --full)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the run (default: torch's choice)")
 
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         cases, args.output, device=device, compile=compile, warmup=args.warmup,
         repeats=args.repeats or (25 if full else 15),
         budget_s=args.budget if args.budget is not None else (60.0 if full else 10.0),
-        plot=not args.no_plot, generator_allocators=allocators,
+        plot=not args.no_plot, allocators=allocators, memory=args.memory,
         time_limit_s=args.time_limit if args.time_limit is not None else
-        (None if full else 100.0))
+        (None if full else 120.0))
     return 0

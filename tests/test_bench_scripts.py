@@ -1,0 +1,91 @@
+"""The benchmarks/bench_*.py front-ends end to end on tiny shapes: the one CSV layout, the flags
+README names (--shapes, --csv, --quick, --threads, --repeats, --size, --arch)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import stylize_fast as sf
+from stylize_fast.bench import report
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.skipif(not sf.backends.available()["cpu"], reason="C++ extension not built")
+def test_custom_shapes_write_rows(tmp_path):
+    out = tmp_path / "rows.csv"
+    result = _run("bench_instance_norm.py", "--shapes", "1x3x8x8,2x8x6x6", "--repeats", "1",
+                  "--threads", "1", "--allocator", "pinned", "--csv", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "1x3x8x8" in result.stdout and "2x8x6x6" in result.stdout
+    with out.open(newline="") as f:
+        assert tuple(next(csv.reader(f))) == report.CSV_COLUMNS
+    rows = list(csv.DictReader(out.open()))
+    cases = {(r["shape"], r["dtype"], r["layout"], r["mode"]) for r in rows}
+    # 2 shapes x 3 (dtype, layout) configurations x 2 modes
+    assert len(cases) == 12 and {c[0] for c in cases} == {"1x3x8x8", "2x8x6x6"}
+    for case in cases:
+        mine = {r["provider"]: r for r in rows
+                if (r["shape"], r["dtype"], r["layout"], r["mode"]) == case}
+        for name in ("sf-cpu", "InstanceNorm2d+ReLU", "copy"):
+            assert mine[name]["status"] == "ok" and float(mine[name]["median_ms"]) > 0, case
+        assert float(mine["InstanceNorm2d+ReLU"]["ratio_to_baseline"]) == pytest.approx(1.0)
+    assert {r["allocator"] for r in rows} == {"pinned"}
+    # --csv appends to a file of the same layout
+    again = _run("bench_instance_norm.py", "--shapes", "1x3x8x8", "--repeats", "1", "--threads",
+                 "1", "--allocator", "pinned", "--csv", str(out))
+    assert again.returncode == 0, again.stderr
+    assert len(list(csv.DictReader(out.open()))) == len(rows) + len(rows) // 2
+
+
+@pytest.mark.parametrize("bad", ["4x8x256", "4x8x0x3", "axbxcxd"])
+def test_bad_shapes_are_refused(bad):
+    result = _run("bench_instance_norm.py", "--shapes", bad)
+    assert result.returncode != 0
+    assert "--shapes" in result.stderr and bad in result.stderr
+
+
+@pytest.mark.parametrize(("script", "flags"), [
+    ("bench_instance_norm.py", ("--csv", "--quick", "--threads", "--shapes", "--repeats")),
+    ("bench_padded_conv.py", ("--threads", "--repeats", "--csv", "--no-memory")),
+    ("bench_generators.py", ("--size", "--arch", "--threads", "--repeats", "--csv")),
+    ("readme_results.py", ("--output", "--areas", "--threads", "--smoke")),
+])
+def test_scripts_keep_their_flags(script, flags):
+    result = _run(script, "--help")
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert flag in result.stdout, (script, flag)
+
+
+@pytest.mark.skipif(not sf.backends.available()["cpu"], reason="C++ extension not built")
+def test_generators_script_tiny(tmp_path):
+    out = tmp_path / "gen.csv"
+    result = _run("bench_generators.py", "--size", "16", "--arch", "texture", "--repeats", "1",
+                  "--threads", "1", "--allocator", "default", "--dtype", "float32",
+                  "--csv", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    ok = {r["provider"] for r in rows if r["status"] == "ok"}
+    assert {"fused", "instance"} <= ok and {r["allocator"] for r in rows} == {"default"}
+    assert all(r["status"] == "ok" or r["status"].startswith(("skipped:", "error:"))
+               for r in rows)
+
+
+def test_csv_of_another_layout_is_refused(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_text("op,provider,shape\ninstance_norm,fused,1x1x1x1\n")
+    result = _run("bench_instance_norm.py", "--shapes", "1x3x8x8", "--repeats", "1",
+                  "--allocator", "pinned", "--csv", str(old))
+    assert result.returncode != 0
+    assert "other columns" in result.stderr and "Traceback" not in result.stderr
