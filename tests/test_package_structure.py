@@ -106,13 +106,10 @@ def test_no_import_cycles():
 ENV_READ = re.compile(r"(os\.environ|os\.getenv|getenv\()")
 # Reads still to convert to stylize_fast.config when branches merge (bench/worker.py belongs to
 # the bench rework: config.get("bench_threads")). Remove entries as they are converted.
-PENDING = {"stylize_fast/bench/worker.py"}
-
-
 def test_only_config_reads_stylize_fast_variables():
     offenders = []
     for name, path in _modules().items():
-        if name == "stylize_fast.config" or str(path.relative_to(ROOT)) in PENDING:
+        if name == "stylize_fast.config":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if ENV_READ.search(line) and "STYLIZE_FAST_" in line:

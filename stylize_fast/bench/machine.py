@@ -62,9 +62,10 @@ def device_name(device: str) -> str:
 
 def threads_from_env() -> int | None:
     """The thread count a benchmark worker process is told to use (STYLIZE_FAST_BENCH_THREADS,
-    set by the parent), or None. The only reader of that variable."""
-    value = os.environ.get("STYLIZE_FAST_BENCH_THREADS", "").strip()
-    return int(value) if value else None
+    set by the parent, read by stylize_fast.config), or None."""
+    from .. import config
+
+    return config.get("bench_threads")
 
 
 def collect(device: str = "cpu") -> dict[str, str]:
