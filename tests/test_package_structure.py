@@ -104,8 +104,8 @@ def test_no_import_cycles():
 
 
 ENV_READ = re.compile(r"(os\.environ|os\.getenv|getenv\()")
-# Reads still to convert to stylize_fast.config when branches merge (bench/worker.py belongs to
-# the bench rework: config.get("bench_threads")). Remove entries as they are converted.
+
+
 def test_only_config_reads_stylize_fast_variables():
     offenders = []
     for name, path in _modules().items():
