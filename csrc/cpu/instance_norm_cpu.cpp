@@ -28,11 +28,11 @@
 // dgamma / dbeta come from per-(n, c) partial sums reduced over n in a fixed order: no atomics.
 //
 // Vector code: instance_norm_cpu_kernels.h is compiled here once per x86 level (baseline,
-// AVX2, AVX-512, AVX-512 + BF16) and the level is picked at run time from the CPU, so the build
-// runs fast on any x86-64 machine. STYLIZE_FAST_CPU_ISA (or torch's ATEN_CPU_CAPABILITY) =
+// AVX2, AVX-512, AVX-512 + BF16; cpu/cpu_isa_kernels.h) and the level is picked at run time
+// from the CPU, so the build runs fast on any x86-64 machine. STYLIZE_FAST_CPU_ISA (or torch's ATEN_CPU_CAPABILITY) =
 // default | avx2 | avx512 | avx512_bf16 caps the level (read on every call: tests switch it);
 // instance_norm_cpu_isa() says which one runs. The avx512_bf16 level differs from the others
-// only in how float becomes bfloat16 (see the kernels' header: subnormals, NaN payloads).
+// only in how float becomes bfloat16 (cpu/cpu_vec.h: subnormals, NaN payloads).
 // STYLIZE_FAST_CPU_STREAM_BYTES overrides the streaming-store threshold.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -57,21 +57,8 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 #if defined(__unix__)
 #include <unistd.h>
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__)
-// 64-byte vector values never cross a non-inlined call between levels; silence GCC's note
-// that their ABI would differ.
-#pragma GCC diagnostic ignored "-Wpsabi"
-// GCC 12's _mm512_cvtps_ph / _mm512_cvtph_ps leave an intentionally undefined source vector;
-// not our bug.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace stylize_fast {
@@ -193,59 +180,12 @@ struct KernelTable {
 // ---------------------------------------------------------------------------------------------
 // The kernels, once per instruction-set level.
 
-namespace isa_default {
-#define SF_ISA_LEVEL 0
-#define SF_ISA_NAME "default"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_default
-
-#if SF_MULTI_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace isa_avx2 {
-#define SF_ISA_LEVEL 1
-#define SF_ISA_NAME "avx2"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-namespace isa_avx512 {
-#define SF_ISA_LEVEL 2
-#define SF_ISA_NAME "avx512"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
-namespace isa_avx512_bf16 {
-#define SF_ISA_LEVEL 3
-#define SF_ISA_NAME "avx512_bf16"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512_bf16
-#pragma GCC pop_options
-#endif
+#define SF_ISA_BODY "cpu/instance_norm_cpu_kernels.h"
+#define SF_ISA_MAX_LEVEL 3
+#include "cpu/cpu_isa_kernels.h"
 
 // The table for the level in use (cpu/cpu_isa.h: the CPU's best, capped by the environment).
-const KernelTable& kernels() {
-  const int level = cpu_isa_level();
-#if SF_MULTI_ISA
-  if (level >= 3) return isa_avx512_bf16::kernel_table;
-  if (level == 2) return isa_avx512::kernel_table;
-  if (level == 1) return isa_avx2::kernel_table;
-#endif
-  return isa_default::kernel_table;
-}
+const KernelTable& kernels() { return isa_kernel_table(); }
 
 // ---------------------------------------------------------------------------------------------
 // Shapes and schedules

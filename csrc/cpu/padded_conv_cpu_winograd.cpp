@@ -36,10 +36,6 @@
 #include "cpu/cpu_isa.h"
 #include "cpu/padded_conv_cpu.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 namespace stylize_fast {
 namespace padded_conv_cpu {
 namespace {
@@ -70,41 +66,8 @@ struct KernelTable {
   int row_step;
 };
 
-namespace isa_default {
-#define SF_ISA_LEVEL 0
-#include "padded_conv_cpu_winograd_kernels.h"
-#undef SF_ISA_LEVEL
-}  // namespace isa_default
-
-#if SF_MULTI_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#define SF_ISA_LEVEL 1
-#include "padded_conv_cpu_winograd_kernels.h"
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-namespace isa_avx512 {
-#define SF_ISA_LEVEL 2
-#include "padded_conv_cpu_winograd_kernels.h"
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
-
-const KernelTable& kernels() {
-  const int level = cpu_isa_level();
-#if SF_MULTI_ISA
-  if (level >= 2) return isa_avx512::kernel_table;
-  if (level == 1) return isa_avx2::kernel_table;
-#endif
-  (void)level;
-  return isa_default::kernel_table;
-}
+#define SF_ISA_BODY "cpu/padded_conv_cpu_winograd_kernels.h"
+#include "cpu/cpu_isa_kernels.h"
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -154,7 +117,7 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
                   out.scalar_type() == dtype,
               "winograd_fwd: float32 or bfloat16 tensors of one dtype expected");
   const bool bf16 = dtype == at::kBFloat16;
-  const KernelTable& k = kernels();
+  const KernelTable& k = isa_kernel_table();
   // The transforms run along channels; other layouts are packed channels-last a few rows at a
   // time (pack_rows) and their outputs scattered element-wise.
   const at::Tensor& x = input;
