@@ -32,6 +32,16 @@
 #include <immintrin.h>
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__)
+// Vector values never cross a non-inlined call between levels; silence GCC's note that their
+// ABI would differ.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// GCC 12's _mm512_cvtps_ph / _mm512_cvtph_ps leave an intentionally undefined source vector;
+// not our bug.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 namespace stylize_fast {
 
 // Highest level this CPU (and OS) supports.

@@ -19,16 +19,6 @@
 #ifndef SF_ISA_BODY
 #error "define SF_ISA_BODY (the kernel body to compile per level) before including cpu_isa_kernels.h"
 #endif
-#if defined(__GNUC__) && !defined(__clang__)
-// Vector values never cross a non-inlined call between levels; silence GCC's note that their
-// ABI would differ.
-#pragma GCC diagnostic ignored "-Wpsabi"
-// GCC 12's _mm512_cvtps_ph / _mm512_cvtph_ps leave an intentionally undefined source vector;
-// not our bug.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #ifndef SF_ISA_MAX_LEVEL
 #define SF_ISA_MAX_LEVEL 2
 #endif

@@ -138,7 +138,7 @@ inline VecT<T> vload(const T* p) {
   return v;
 }
 template <typename T>
-SF_ALWAYS_INLINE void vstore(T* p, VecT<T> v) {
+SF_ALWAYS_INLINE void vstore(T* p, const VecT<T>& v) {
   store_vec(p, v);
 }
 // A store that bypasses the caches (p 64-byte aligned): for outputs far larger than the last
@@ -268,7 +268,7 @@ SF_ALWAYS_INLINE FV bf16_to_float(const c10::BFloat16* p) {
 // c10::BFloat16(float) on integer bits (round to nearest even, NaN -> 0x7FC0), the bfloat16
 // left in the high half of each lane (the low half is garbage).
 template <typename FV>
-SF_ALWAYS_INLINE U32Of<FV> bf16_round_hi(FV f) {
+SF_ALWAYS_INLINE U32Of<FV> bf16_round_hi(const FV& f) {
   using U = U32Of<FV>;
   const U u = (U)f;  // a vector cast reinterprets the bits
   const U r = u + 0x7FFFu + ((u >> 16) & 1u);
@@ -278,7 +278,7 @@ SF_ALWAYS_INLINE U32Of<FV> bf16_round_hi(FV f) {
 }
 // The same, packed: one bfloat16 per lane.
 template <typename FV>
-SF_ALWAYS_INLINE U16Of<FV> float_to_bf16(FV f) {
+SF_ALWAYS_INLINE U16Of<FV> float_to_bf16(const FV& f) {
   return __builtin_convertvector(bf16_round_hi(f) >> 16, U16Of<FV>);
 }
 

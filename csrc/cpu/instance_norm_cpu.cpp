@@ -217,7 +217,7 @@ Geometry make_geometry(index_t N, index_t C, index_t HW, bool channels_last, DTy
 // as rows of P = lcm(C, lanes) values, and column j of those rows holds channel j % C. The
 // kernels run on that view (P "pseudo-channels" of whole vectors, read in place) and the
 // statistics of the P / C columns of each channel are folded afterwards; the per-row gather
-// into padded vectors it replaces ran 4-45x slower than a copy. Needs H*W to fill whole rows
+// into padded vectors it replaces ran several times slower than a copy. Needs H*W to fill whole rows
 // (H*W % (P / C) == 0) and P <= kMaxBlock; returns P, or 0 when the view does not apply.
 index_t periodic_width(index_t C, index_t HW, bool channels_last, DType dtype) {
   const index_t lanes = dtype == DType::kDouble ? 8 : 16;
@@ -254,7 +254,7 @@ void run_schedule(const Geometry& g, index_t unit_bytes,
     const index_t grain = std::max<index_t>(1, kMinTaskValues / std::max<index_t>(1, g.HW * g.block));
     // Small units go in groups of up to kGroupBytes: the statistics pass of the group, then its
     // apply pass, which still finds the group in L2. Per-call costs (dispatch, the streaming
-    // fence) are paid once per group instead of once per plane (~0.1 us per 64x64 plane).
+    // fence) are paid once per group instead of once per plane (they show on small planes).
     const index_t group = std::max<index_t>(1, kGroupBytes / std::max<index_t>(1, unit_bytes));
     at::parallel_for(0, g.units, grain, [&](index_t u0, index_t u1) {
       for (index_t a = u0; a < u1; a += group) {
@@ -381,10 +381,9 @@ int64_t last_level_cache_bytes() {
 // Outputs at least this large are written with streaming stores: the input (at least as large)
 // and the output together exceed the last-level cache, so the output's first lines are evicted
 // before a consumer could read them, and streaming saves reading every output line before
-// overwriting it. Measured here (16 and 32 MiB float32 outputs, NCHW and channels_last, ratio to
-// a clone of the input in one run): 1.15-1.27x streamed against 1.38-1.55x cached with cold
-// caches, 1.15-1.40x against 1.48-1.64x with warm ones; an 8 MiB output is faster cached when
-// warm (1.4x against 2.1x), so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
+// overwriting it. Measured against a clone of the input (docs/kernel_measurements.md): streamed
+// wins for outputs of twice the cache, cold or warm, while an output of a quarter of it is
+// faster cached when warm, so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
 // (tests set 0 to cover the streaming path).
 int64_t stream_threshold_bytes() {
   const char* value = std::getenv("STYLIZE_FAST_CPU_STREAM_BYTES");

@@ -6,7 +6,7 @@
 //   library   oneDNN with zero padding, then the border pixels recomputed with the true padding
 //             ("border fix-up", padded_conv_cpu_library.cpp; its backward likewise);
 //   direct    padded_conv_cpu_direct.cpp, for few output channels (the library runs Johnson's
-//             last 9x9 32->3 layer at a fifth of its usual rate), few input channels with large
+//             last 9x9 32->3 layer far below its usual rate), few input channels with large
 //             kernels and float32 stride-2 NCHW layers;
 //   winograd  padded_conv_cpu_winograd.cpp, F(4x4, 3x3) for 3x3 stride-1 layers (4x fewer
 //             multiplications).

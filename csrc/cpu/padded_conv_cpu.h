@@ -4,12 +4,14 @@
 //   padded_conv_cpu_library.cpp   the library algorithm: oneDNN with zero padding plus the
 //                                 border fix-up, forward and backward;
 //   padded_conv_cpu_direct.cpp    direct kernel: few output channels (Johnson's last 9x9 32->3
-//                                 layer, which the library runs at a fifth of peak), few input
+//                                 layer, which the library runs far below peak), few input
 //                                 channels with large kernels (the first 9x9 3->32 layer), and
 //                                 float32 stride-2 layers in NCHW;
 //   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers;
 //   padded_conv_cpu_wgrad.cpp     the backward's weight gradient for few output channels.
-// The two kernels read the input through the padding index map (source_index) while they pack
+// The three kernels' vector code lives in padded_conv_cpu_{direct,winograd,wgrad}_kernels.h,
+// compiled once per instruction-set level (cpu/cpu_isa_kernels.h).
+// The kernels read the input through the padding index map (source_index) while they pack
 // it, so no padded tensor exists at any point.
 #pragma once
 

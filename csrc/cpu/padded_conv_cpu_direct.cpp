@@ -148,35 +148,33 @@ int64_t group_size(const KernelTable& kernel, const Geometry& g) {
 // memory anyway, and the write then costs no read for ownership.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 // Fewest output channels for the channels-in-lanes kernel: with fewer the output-columns-in-
-// lanes blocks run faster (measured, AVX2: 8 outputs 0.85x, 32 and 64 outputs 1.03-1.09x;
-// AVX-512: 16 outputs 1.0x, 32 outputs 1.02x).
+// lanes blocks run faster (measured on AVX2 and AVX-512, docs/kernel_measurements.md).
 constexpr int64_t kLanesMinOut = 16;
 
 }  // namespace
 
-// Where the library keeps up (measured, 2 threads on an AVX-512 machine, Zen 4:
-// bench_direct_tmp.py, bench_direct2_tmp.py), the layer stays with it.
+// Where the library keeps up (measured, 2 threads on an AVX-512 machine, Zen 4; the figures are
+// in docs/kernel_measurements.md), the layer stays with it.
 bool direct_applies(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
   if (g.sh != g.sw || (g.sh != 1 && g.sh != 2)) return false;  // stride 1 or 2
   if (g.o < 1 || g.o > kMaxOut) return false;
   if (g.c * g.kh * packed_row_stride(g) * int64_t(sizeof(float)) > kMaxRingBytes) return false;
-  const bool half = dtype == at::kHalf;  // the library's float16 runs 4-450x slower
+  const bool half = dtype == at::kHalf;  // the library's float16 runs far slower
   // A 1x1 convolution of channels_last input is one GEMM for the library, mostly faster.
   if (g.channels_last && g.kh * g.kw == 1 && !half) return false;
   if (g.o <= kFewOut) {
-    // The library runs few outputs at a fraction of its rate (stride 2 too: 1.2-5.7x here),
+    // The library runs few outputs at a fraction of its rate (stride 2 too),
     // but oneDNN's bfloat16 dot-product kernels on channels_last input reach this kernel's
     // float32 rate from 7 outputs on (stride 1).
     return !(g.channels_last && dtype == at::kBFloat16 && g.o > 6 && g.sh == 1);
   }
-  // More outputs: the library runs near this kernel's rate (float32 ~200-215 GFLOP/s against
-  // ~215-220 here), except from few input channels with kernels of 5x5 and up (Johnson's first
-  // layer, 9x9 3 -> 32: 1.1-1.2x; 3x3 stride-1 layers stay with Winograd / the library), and
-  // at stride 2 on NCHW input (1.1-1.8x) or from few input channels (1.1x); from 16 input
-  // channels on channels_last input at stride 2 it ties or wins (0.7-1.02x). bfloat16:
-  // oneDNN's dot products run at twice the float32 rate (0.5-0.9x here) except with one input
-  // channel (1.4x) or few input channels at stride 2 (1.1-1.8x).
+  // More outputs: the library runs near this kernel's rate, except from few input channels
+  // with kernels of 5x5 and up (Johnson's first layer, 9x9 3 -> 32; 3x3 stride-1 layers stay
+  // with Winograd / the library), and at stride 2 on NCHW input or from few input channels;
+  // from 16 input channels on channels_last input at stride 2 it ties or wins. bfloat16:
+  // oneDNN's dot products run at twice the float32 rate, faster than this kernel, except with
+  // one input channel or few input channels at stride 2.
   const bool few_inputs = g.c <= 4;
   const bool stride2 = g.sh == 2;
   if (!stride2 && g.kh * g.kw < 25) return false;

@@ -4,8 +4,8 @@
 //   dW[o, c, ky, kx] = sum over n, y, x of  G[n, o, y, x] * Xpad[n, c, y SH + ky, x SW + kx]
 //
 // where Xpad is read through the padding index map (source_index): no padded copy, and no
-// border correction afterwards. The library (oneDNN) runs this reduction at ~125 GFLOP/s here
-// for 3 output channels and needs the padded input or four border corrections besides.
+// border correction afterwards. The library (oneDNN) runs this reduction well below its usual
+// rate for 3 output channels and needs the padded input or four border corrections besides.
 //
 // Work: the (n, output row) range is cut into tasks of whole output rows of one sample; the cut
 // depends only on the shape, so every thread count folds the same partial sums in the same
@@ -136,9 +136,9 @@ void pack_grad_row(const scalar_t* gy, const int64_t* gs, const Geometry& g, int
 }  // namespace
 
 // Where it was measured faster than the library's weight gradient plus the border corrections
-// (2 threads, AVX-512, 2026-11-24): 0.18-0.87x on 16 cases -- 1, 3, 4 and 8 outputs, 16-256
-// inputs, 3x3 / 5x5 / 9x9, stride 1 and 2, float32 and bfloat16, NCHW and channels_last;
-// 0.21-0.23x on Johnson's 9x9 32->3 layer. 1x1 kernels are one GEMM for the library; float64
+// (2 threads, AVX-512; figures in docs/kernel_measurements.md): 1, 3, 4 and 8 outputs, 16-256
+// inputs, 3x3 / 5x5 / 9x9, stride 1 and 2, float32 and bfloat16, NCHW and channels_last,
+// and Johnson's 9x9 32->3 layer. 1x1 kernels are one GEMM for the library; float64
 // needs float64 arithmetic, which this kernel does not do.
 bool wgrad_applies(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
