@@ -28,11 +28,11 @@
 // dgamma / dbeta come from per-(n, c) partial sums reduced over n in a fixed order: no atomics.
 //
 // Vector code: instance_norm_cpu_kernels.h is compiled here once per x86 level (baseline,
-// AVX2, AVX-512, AVX-512 + BF16) and the level is picked at run time from the CPU, so the build
-// runs fast on any x86-64 machine. STYLIZE_FAST_CPU_ISA (or torch's ATEN_CPU_CAPABILITY) =
+// AVX2, AVX-512, AVX-512 + BF16; cpu/cpu_isa_kernels.h) and the level is picked at run time
+// from the CPU, so the build runs fast on any x86-64 machine. STYLIZE_FAST_CPU_ISA (or torch's ATEN_CPU_CAPABILITY) =
 // default | avx2 | avx512 | avx512_bf16 caps the level (read on every call: tests switch it);
 // instance_norm_cpu_isa() says which one runs. The avx512_bf16 level differs from the others
-// only in how float becomes bfloat16 (see the kernels' header: subnormals, NaN payloads).
+// only in how float becomes bfloat16 (cpu/cpu_vec.h: subnormals, NaN payloads).
 // STYLIZE_FAST_CPU_STREAM_BYTES overrides the streaming-store threshold.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -58,21 +58,8 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 #if defined(__unix__)
 #include <unistd.h>
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__)
-// 64-byte vector values never cross a non-inlined call between levels; silence GCC's note
-// that their ABI would differ.
-#pragma GCC diagnostic ignored "-Wpsabi"
-// GCC 12's _mm512_cvtps_ph / _mm512_cvtph_ps leave an intentionally undefined source vector;
-// not our bug.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace stylize_fast {
@@ -194,59 +181,12 @@ struct KernelTable {
 // ---------------------------------------------------------------------------------------------
 // The kernels, once per instruction-set level.
 
-namespace isa_default {
-#define SF_ISA_LEVEL 0
-#define SF_ISA_NAME "default"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_default
-
-#if SF_MULTI_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace isa_avx2 {
-#define SF_ISA_LEVEL 1
-#define SF_ISA_NAME "avx2"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-namespace isa_avx512 {
-#define SF_ISA_LEVEL 2
-#define SF_ISA_NAME "avx512"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
-namespace isa_avx512_bf16 {
-#define SF_ISA_LEVEL 3
-#define SF_ISA_NAME "avx512_bf16"
-#include "instance_norm_cpu_kernels.h"
-#undef SF_ISA_NAME
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512_bf16
-#pragma GCC pop_options
-#endif
+#define SF_ISA_BODY "cpu/instance_norm_cpu_kernels.h"
+#define SF_ISA_MAX_LEVEL 3
+#include "cpu/cpu_isa_kernels.h"
 
 // The table for the level in use (cpu/cpu_isa.h: the CPU's best, capped by the environment).
-const KernelTable& kernels() {
-  const int level = cpu_isa_level();
-#if SF_MULTI_ISA
-  if (level >= 3) return isa_avx512_bf16::kernel_table;
-  if (level == 2) return isa_avx512::kernel_table;
-  if (level == 1) return isa_avx2::kernel_table;
-#endif
-  return isa_default::kernel_table;
-}
+const KernelTable& kernels() { return isa_kernel_table(); }
 
 // ---------------------------------------------------------------------------------------------
 // Shapes and schedules
@@ -278,7 +218,7 @@ Geometry make_geometry(index_t N, index_t C, index_t HW, bool channels_last, DTy
 // as rows of P = lcm(C, lanes) values, and column j of those rows holds channel j % C. The
 // kernels run on that view (P "pseudo-channels" of whole vectors, read in place) and the
 // statistics of the P / C columns of each channel are folded afterwards; the per-row gather
-// into padded vectors it replaces ran 4-45x slower than a copy. Needs H*W to fill whole rows
+// into padded vectors it replaces ran several times slower than a copy. Needs H*W to fill whole rows
 // (H*W % (P / C) == 0) and P <= kMaxBlock; returns P, or 0 when the view does not apply.
 index_t periodic_width(index_t C, index_t HW, bool channels_last, DType dtype) {
   const index_t lanes = dtype == DType::kDouble ? 8 : 16;
@@ -315,7 +255,7 @@ void run_schedule(const Geometry& g, index_t unit_bytes,
     const index_t grain = std::max<index_t>(1, kMinTaskValues / std::max<index_t>(1, g.HW * g.block));
     // Small units go in groups of up to kGroupBytes: the statistics pass of the group, then its
     // apply pass, which still finds the group in L2. Per-call costs (dispatch, the streaming
-    // fence) are paid once per group instead of once per plane (~0.1 us per 64x64 plane).
+    // fence) are paid once per group instead of once per plane (they show on small planes).
     const index_t group = std::max<index_t>(1, kGroupBytes / std::max<index_t>(1, unit_bytes));
     at::parallel_for(0, g.units, grain, [&](index_t u0, index_t u1) {
       for (index_t a = u0; a < u1; a += group) {
@@ -442,10 +382,9 @@ int64_t last_level_cache_bytes() {
 // Outputs at least this large are written with streaming stores: the input (at least as large)
 // and the output together exceed the last-level cache, so the output's first lines are evicted
 // before a consumer could read them, and streaming saves reading every output line before
-// overwriting it. Measured here (16 and 32 MiB float32 outputs, NCHW and channels_last, ratio to
-// a clone of the input in one run): 1.15-1.27x streamed against 1.38-1.55x cached with cold
-// caches, 1.15-1.40x against 1.48-1.64x with warm ones; an 8 MiB output is faster cached when
-// warm (1.4x against 2.1x), so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
+// overwriting it. Measured against a clone of the input (docs/kernel_measurements.md): streamed
+// wins for outputs of twice the cache, cold or warm, while an output of a quarter of it is
+// faster cached when warm, so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
 // (tests set 0 to cover the streaming path).
 int64_t stream_threshold_bytes() {
   const int64_t forced = config::cpu_stream_bytes();

@@ -1,19 +1,25 @@
 // Shared by the CPU padded-convolution files:
-//   padded_conv_cpu.cpp           the op (argument checks, algorithm choice, border fix-up path,
-//                                 backward) and its registration;
+//   padded_conv_cpu.cpp           the op (argument checks, algorithm choice, forward and
+//                                 backward entry points) and its registration;
+//   padded_conv_cpu_library.cpp   the library algorithm: oneDNN with zero padding plus the
+//                                 border fix-up, forward and backward;
 //   padded_conv_cpu_direct.cpp    direct kernel: few output channels (Johnson's last 9x9 32->3
-//                                 layer, which the library runs at a fifth of peak), few input
+//                                 layer, which the library runs far below peak), few input
 //                                 channels with large kernels (the first 9x9 3->32 layer), and
 //                                 float32 stride-2 layers in NCHW;
 //   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers;
 //   padded_conv_cpu_wgrad.cpp     the backward's weight gradient for few output channels.
-// The two kernels read the input through the padding index map (source_index) while they pack
+// The three kernels' vector code lives in padded_conv_cpu_{direct,winograd,wgrad}_kernels.h,
+// compiled once per instruction-set level (cpu/cpu_isa_kernels.h).
+// The kernels read the input through the padding index map (source_index) while they pack
 // it, so no padded tensor exists at any point.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstdint>
+#include <tuple>
 
 namespace stylize_fast {
 namespace padded_conv_cpu {
@@ -44,6 +50,25 @@ inline int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode) 
 
 // The forward algorithms; padded_conv2d_fwd_cpu picks one per call (algorithm_for).
 enum class Algorithm { kLibrary, kDirect, kWinograd };
+
+// The library algorithm (padded_conv_cpu_library.cpp). library_fwd: the whole forward, output
+// in the input's suggested memory format. library_bwd_zero_padded: at::convolution_backward
+// with zero padding for the gradients in mask (bias: the sum of gy). fix_backward_border adds
+// the padding ring's share (B^T G folded onto the source pixels, and G(border)^T B(patches))
+// to grad_input / grad_weight_acc ((O, C, KH, KW) contiguous, acc_type_of dtype); either may
+// be undefined.
+at::Tensor library_fwd(const at::Tensor& input, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias, const Geometry& g, int64_t mode);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> library_bwd_zero_padded(
+    const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight, const Geometry& g,
+    std::array<bool, 3> mask);
+void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight,
+                         const Geometry& g, int64_t mode, at::Tensor& grad_input,
+                         at::Tensor& grad_weight_acc);
+// t with the canonical strides of fmt (size-1 dims included, as at::empty makes them).
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt);
+// Where sums and corrections accumulate: float64 for float64, else float32.
+at::ScalarType acc_type_of(at::ScalarType t);
 
 // Direct kernel (padded_conv_cpu_direct.cpp): whether it handles this geometry and dtype and
 // beats the library there (measured rule, see the file).

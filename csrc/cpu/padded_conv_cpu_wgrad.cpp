@@ -4,8 +4,8 @@
 //   dW[o, c, ky, kx] = sum over n, y, x of  G[n, o, y, x] * Xpad[n, c, y SH + ky, x SW + kx]
 //
 // where Xpad is read through the padding index map (source_index): no padded copy, and no
-// border correction afterwards. The library (oneDNN) runs this reduction at ~125 GFLOP/s here
-// for 3 output channels and needs the padded input or four border corrections besides.
+// border correction afterwards. The library (oneDNN) runs this reduction well below its usual
+// rate for 3 output channels and needs the padded input or four border corrections besides.
 //
 // Work: the (n, output row) range is cut into tasks of whole output rows of one sample; the cut
 // depends only on the shape, so every thread count folds the same partial sums in the same
@@ -21,10 +21,9 @@
 // float accumulators [KH][O][KW][C]; a task's sums go to a double partial, and the partials are
 // summed over the tasks in order.
 //
-// Instruction sets: the kernel section at the bottom of this file is compiled three times (the
-// file includes itself), as padded_conv_cpu_direct.cpp: baseline (4 lanes), AVX2 + FMA (8),
-// AVX-512 (16); cpu_isa_level() picks the copy per call.
-#ifndef SF_PADDED_CONV_WGRAD_BODY
+// Instruction sets: the kernel body (padded_conv_cpu_wgrad_kernels.h) is compiled once per level
+// by cpu/cpu_isa_kernels.h: baseline (4 lanes), AVX2 + FMA (8), AVX-512 (16); cpu_isa_level()
+// picks the copy per call.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -41,15 +40,6 @@
 
 #include "cpu/cpu_isa.h"
 #include "cpu/padded_conv_cpu.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__)
-// Vector values never cross a non-inlined call between levels; silence GCC's ABI note.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 
 namespace stylize_fast {
 namespace padded_conv_cpu {
@@ -75,56 +65,23 @@ struct RowArgs {
 // ---------------------------------------------------------------------------------------------
 // The kernel, once per instruction-set level.
 
-#define SF_PADDED_CONV_WGRAD_BODY
 namespace {
 
-namespace isa_default {
-#define SF_ISA_LEVEL 0
-#include "padded_conv_cpu_wgrad.cpp"
-#undef SF_ISA_LEVEL
-}  // namespace isa_default
+// One kernel copy: adds one output row's products (RowArgs) into the accumulators.
+struct KernelTable {
+  void (*row)(const RowArgs&);
+  int64_t lanes;  // floats per vector: the packed rows' channel blocking
+};
 
-#if SF_MULTI_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace isa_avx2 {
-#define SF_ISA_LEVEL 1
-#include "padded_conv_cpu_wgrad.cpp"
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-namespace isa_avx512 {
-#define SF_ISA_LEVEL 2
-#include "padded_conv_cpu_wgrad.cpp"
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define SF_ISA_BODY "cpu/padded_conv_cpu_wgrad_kernels.h"
+#include "cpu/cpu_isa_kernels.h"
 
 }  // namespace
-#undef SF_PADDED_CONV_WGRAD_BODY
 
 // ---------------------------------------------------------------------------------------------
 // Host side
 
 namespace {
-
-struct RowKernel {
-  void (*row)(const RowArgs&);
-  int64_t lanes;
-};
-
-RowKernel row_kernel() {
-#if SF_MULTI_ISA
-  const int level = cpu_isa_level();
-  if (level >= 2) return {isa_avx512::accumulate_row, isa_avx512::kLanes};
-  if (level == 1) return {isa_avx2::accumulate_row, isa_avx2::kLanes};
-#endif
-  return {isa_default::accumulate_row, isa_default::kLanes};
-}
 
 // Padded row r of sample n of x (any layout, strides xs) -> dst [cp / L][wread][L] as float,
 // channels past C zero. src_col maps padded columns to input columns (-1: zero padding).
@@ -179,9 +136,9 @@ void pack_grad_row(const scalar_t* gy, const int64_t* gs, const Geometry& g, int
 }  // namespace
 
 // Where it was measured faster than the library's weight gradient plus the border corrections
-// (2 threads, AVX-512, 2026-11-24): 0.18-0.87x on 16 cases -- 1, 3, 4 and 8 outputs, 16-256
-// inputs, 3x3 / 5x5 / 9x9, stride 1 and 2, float32 and bfloat16, NCHW and channels_last;
-// 0.21-0.23x on Johnson's 9x9 32->3 layer. 1x1 kernels are one GEMM for the library; float64
+// (2 threads, AVX-512; figures in docs/kernel_measurements.md): 1, 3, 4 and 8 outputs, 16-256
+// inputs, 3x3 / 5x5 / 9x9, stride 1 and 2, float32 and bfloat16, NCHW and channels_last,
+// and Johnson's 9x9 32->3 layer. 1x1 kernels are one GEMM for the library; float64
 // needs float64 arithmetic, which this kernel does not do.
 bool wgrad_applies(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
@@ -195,7 +152,7 @@ at::Tensor wgrad(const at::Tensor& grad_output, const at::Tensor& input, const G
   TORCH_CHECK(wgrad_applies(g, input.scalar_type()), "padded_conv2d weight-gradient kernel: "
               "layer not handled (", g.o, " output channels, kernel ", g.kh, "x", g.kw,
               ", stride ", g.sh, "x", g.sw, ", dtype ", input.scalar_type(), ")");
-  const RowKernel kernel = row_kernel();
+  const KernelTable& kernel = isa_kernel_table();
   const int64_t L = kernel.lanes;
   const int64_t cp = (g.c + L - 1) / L * L;
   const int64_t wread = (g.wo - 1) * g.sw + g.kw;
@@ -268,102 +225,3 @@ at::Tensor wgrad(const at::Tensor& grad_output, const at::Tensor& input, const G
 
 }  // namespace padded_conv_cpu
 }  // namespace stylize_fast
-
-#else  // SF_PADDED_CONV_WGRAD_BODY
-// ---------------------------------------------------------------------------------------------
-// Kernel body: included above once per SF_ISA_LEVEL, inside namespace isa_<level>.
-
-#include "cpu/cpu_vec_f32.h"  // VF, kLanes, vzero / vload / vstore / vset1 / vfma / vadd
-
-// Accumulator registers per level: 9 taps x 3 outputs beside 1 input and the broadcasts of 32
-// registers; 12 of 16; 8 of 16 without FMA (products need temporaries).
-#if SF_ISA_LEVEL >= 2
-constexpr int kAccRegs = 27;
-#elif SF_ISA_LEVEL == 1
-constexpr int kAccRegs = 12;
-#else
-constexpr int kAccRegs = 8;
-#endif
-
-// OG output channels x KG taps: sums over the output row in registers, then adds to acc.
-// in: the first tap's vector of channels at column 0 (row [wread][lanes]); step: floats between
-// consecutive output columns (SW lanes); grad: [WO][O] at the first output channel.
-template <int OG, int KG>
-inline void block(const float* in, int64_t step, const float* grad, int64_t O, int64_t wo,
-                  float* acc, int64_t acc_o, int64_t acc_k) {
-  VF a[OG][KG];
-  for (int o = 0; o < OG; ++o)
-    for (int k = 0; k < KG; ++k) a[o][k] = vzero();
-  for (int64_t x = 0; x < wo; ++x) {
-    VF gv[OG];
-    for (int o = 0; o < OG; ++o) {
-      gv[o] = vset1(grad[x * O + o]);
-      keep_in_register(gv[o]);
-    }
-    const float* px = in + x * step;
-    for (int k = 0; k < KG; ++k) {
-      VF v = vload(px + k * kLanes);
-      keep_in_register(v);
-      for (int o = 0; o < OG; ++o) a[o][k] = vfma(gv[o], v, a[o][k]);
-    }
-  }
-  for (int o = 0; o < OG; ++o)
-    for (int k = 0; k < KG; ++k) {
-      float* p = acc + o * acc_o + k * acc_k;
-      vstore(p, vadd(vload(p), a[o][k]));
-    }
-}
-
-using BlockFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t,
-                         int64_t);
-
-// The block for og x kg, both at most 9 and og x kg <= kAccRegs (nullptr otherwise).
-template <int OG, int KG>
-constexpr BlockFn block_or_null() {
-  if constexpr (OG * KG <= kAccRegs) return &block<OG, KG>;
-  else return nullptr;
-}
-template <int OG, int... KG>
-constexpr std::array<BlockFn, 9> blocks_for(std::integer_sequence<int, KG...>) {
-  return {block_or_null<OG, KG + 1>()...};
-}
-constexpr std::array<std::array<BlockFn, 9>, 8> kBlocks = {
-    blocks_for<1>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<2>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<3>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<4>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<5>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<6>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<7>(std::make_integer_sequence<int, 9>{}),
-    blocks_for<8>(std::make_integer_sequence<int, 9>{})};
-
-// Splits n into parts of at most cap, sizes differing by at most one: part k is [b(k), b(k+1)).
-inline int64_t parts(int64_t n, int64_t cap) { return (n + cap - 1) / cap; }
-inline int64_t part_begin(int64_t n, int64_t np, int64_t k) { return k * n / np; }
-
-void accumulate_row(const RowArgs& r) {
-  // Output channels in groups of og <= 8 (all of them when they fit beside one tap), taps of a
-  // kernel row in groups of kg <= 9, as many as the registers hold.
-  const int64_t max_og = std::min<int64_t>(r.o, std::min<int64_t>(8, kAccRegs));
-  const int64_t nog = parts(r.o, max_og);
-  const int64_t og_cap = (r.o + nog - 1) / nog;
-  const int64_t max_kg = std::min<int64_t>(9, kAccRegs / og_cap);
-  const int64_t nkg = parts(r.kw, max_kg);
-  const int64_t plane = r.wread * kLanes;
-  for (int64_t ky = 0; ky < r.kh; ++ky) {
-    for (int64_t cv = 0; cv < r.cp / kLanes; ++cv) {
-      const float* in = r.rows[ky] + cv * plane;
-      for (int64_t gi = 0; gi < nog; ++gi) {
-        const int64_t o0 = part_begin(r.o, nog, gi), o1 = part_begin(r.o, nog, gi + 1);
-        for (int64_t ki = 0; ki < nkg; ++ki) {
-          const int64_t k0 = part_begin(r.kw, nkg, ki), k1 = part_begin(r.kw, nkg, ki + 1);
-          const BlockFn fn = kBlocks[o1 - o0 - 1][k1 - k0 - 1];
-          float* acc = r.acc + ((ky * r.o + o0) * r.kw + k0) * r.cp + cv * kLanes;
-          fn(in + k0 * kLanes, r.sw * kLanes, r.grad + o0, r.o, r.wo, acc, r.kw * r.cp, r.cp);
-        }
-      }
-    }
-  }
-}
-
-#endif  // SF_PADDED_CONV_WGRAD_BODY

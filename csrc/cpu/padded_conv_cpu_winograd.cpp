@@ -37,10 +37,6 @@
 #include "cpu/cpu_isa.h"
 #include "cpu/padded_conv_cpu.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 namespace stylize_fast {
 namespace padded_conv_cpu {
 namespace {
@@ -71,41 +67,8 @@ struct KernelTable {
   int row_step;
 };
 
-namespace isa_default {
-#define SF_ISA_LEVEL 0
-#include "padded_conv_cpu_winograd_kernels.h"
-#undef SF_ISA_LEVEL
-}  // namespace isa_default
-
-#if SF_MULTI_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#define SF_ISA_LEVEL 1
-#include "padded_conv_cpu_winograd_kernels.h"
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-namespace isa_avx512 {
-#define SF_ISA_LEVEL 2
-#include "padded_conv_cpu_winograd_kernels.h"
-#undef SF_ISA_LEVEL
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
-
-const KernelTable& kernels() {
-  const int level = cpu_isa_level();
-#if SF_MULTI_ISA
-  if (level >= 2) return isa_avx512::kernel_table;
-  if (level == 1) return isa_avx2::kernel_table;
-#endif
-  (void)level;
-  return isa_default::kernel_table;
-}
+#define SF_ISA_BODY "cpu/padded_conv_cpu_winograd_kernels.h"
+#include "cpu/cpu_isa_kernels.h"
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -128,15 +91,13 @@ bool winograd_applies(const Geometry& g, at::ScalarType dtype) {
 
 bool winograd_pays(const Geometry& g, at::ScalarType dtype) {
   // bfloat16 tensors run float32 arithmetic here, against the library's bfloat16 convolution
-  // at twice the float32 rate: only wide channels_last layers gain (measured, eager F.pad +
-  // conv2d = 1: 128 -> 128 at 128^2 0.67, 128 -> 64 at 256^2 0.73, 64 -> 64 0.71; 64 -> 32 at
-  // 512^2 0.94 against the library's 0.93; NCHW 1.08-1.98).
+  // at twice the float32 rate: only wide channels_last layers gain (measured against eager
+  // F.pad + conv2d; figures in docs/kernel_measurements.md); NCHW loses.
   if (dtype == at::kBFloat16) return g.channels_last && g.c >= 64 && g.o >= 64;
   // The transforms cost O(C + O) per tile, the GEMMs save O(C * O): with few channels the
-  // library wins. channels_last feeds the transforms whole channel vectors (measured 0.36-0.7x
-  // the library from 16 channels up); other layouts are packed a few rows at a time first,
-  // which the wider layers repay (NCHW, eager F.pad + conv2d = 1: 128 -> 128 at 128^2 0.63,
-  // 128 -> 64 at 256^2 0.73, 64 -> 64 0.84; but 64 -> 32 at 512^2 1.07, 32 -> 64 1.11).
+  // library wins. channels_last feeds the transforms whole channel vectors (faster than the
+  // library from 16 channels up); other layouts are packed a few rows at a time first, which
+  // only layers with 64 channels and more on both sides repay (docs/kernel_measurements.md).
   if (g.channels_last) return g.c >= 16 && g.o >= 16;
   return g.c >= 64 && g.o >= 64;
 }
@@ -148,7 +109,7 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
                   out.scalar_type() == dtype,
               "winograd_fwd: float32 or bfloat16 tensors of one dtype expected");
   const bool bf16 = dtype == at::kBFloat16;
-  const KernelTable& k = kernels();
+  const KernelTable& k = isa_kernel_table();
   // The transforms run along channels; other layouts are packed channels-last a few rows at a
   // time (pack_rows) and their outputs scattered element-wise.
   const at::Tensor& x = input;

@@ -1,14 +1,14 @@
 // Per-instruction-set kernel bodies of the Winograd F(4x4, 3x3) padded convolution (CPU).
 //
-// NOT an ordinary header: padded_conv_cpu_winograd.cpp includes it once per instruction-set
-// level, inside its own namespace and under a matching `#pragma GCC target`, with SF_ISA_LEVEL
-// 0 (baseline), 1 (AVX2 + FMA) or 2 (AVX-512) defined, after declaring WinogradJob.
+// NOT an ordinary header: padded_conv_cpu_winograd.cpp compiles it once per instruction-set
+// level through cpu/cpu_isa_kernels.h (levels 0-2), after cpu/cpu_vec.h, with WinogradJob and
+// KernelTable declared.
 //
-// Vectors are 16 floats (GCC vector extension; one zmm, two ymm or four xmm). Transforms run
+// Vectors are 16 floats (cpu/cpu_vec.h's VecT<float>; one zmm, two ymm or four xmm). Transforms run
 // 16 channels at a time; the transform-domain products are 36 small GEMMs per block of tiles,
 // done by a register-blocked micro-kernel (MR tiles x NV*16 output channels per step).
 
-typedef float vf __attribute__((vector_size(64)));
+using vf = VecT<float>;
 constexpr int64_t kLanes = 16;
 
 #if SF_ISA_LEVEL >= 2
@@ -19,32 +19,13 @@ constexpr int kMR = 6, kNV = 1;  // 12 ymm accumulators of 16
 constexpr int kMR = 2, kNV = 1;  // 8 xmm accumulators of 16
 #endif
 
-inline vf vload(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void vstore(float* p, const vf& v) { __builtin_memcpy(p, &v, sizeof(v)); }
 inline vf vsplat(float s) { return vf{} + s; }
 
-// Tensors are float32 or bfloat16; all arithmetic is float32. bfloat16 -> float32 is exact (a
-// 16-bit shift); float32 -> bfloat16 rounds to nearest even, NaN kept a quiet NaN (as c10 does).
-typedef uint16_t vh __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-
+// Tensors are float32 or bfloat16; all arithmetic is float32 (cpu/cpu_vec.h converts).
 template <typename T>
 inline vf load16(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    return vload(p);
-  } else {
-    vh h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    const vu u = __builtin_convertvector(h, vu) << 16;
-    vf f;
-    __builtin_memcpy(&f, &u, sizeof(f));
-    return f;
-  }
+  if constexpr (std::is_same_v<T, float>) return vload(p);
+  else return bf16_to_float<vf>(p);
 }
 
 template <typename T>
@@ -52,19 +33,9 @@ inline void store16(T* p, const vf& v) {
   if constexpr (std::is_same_v<T, float>) {
     vstore(p, v);
   } else {
-    vu u;
-    __builtin_memcpy(&u, &v, sizeof(u));
-    vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    const vu nan = reinterpret_cast<vu>(static_cast<vi>(v != v));
-    rounded = (rounded & ~nan) | ((vu{} + 0x7FC0u) & nan);
-    const vh h = __builtin_convertvector(rounded, vh);
+    const U16x16 h = float_to_bf16(v);
     __builtin_memcpy(p, &h, sizeof(h));
   }
-}
-
-template <typename T>
-inline float to_float(T v) {
-  return static_cast<float>(v);
 }
 
 // out = B^T d for one 6-vector (rows of B^T: interpolation points 0, +-1, +-2, infinity).
