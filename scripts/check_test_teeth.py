@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rel-bfloat16", type=float, default=0.05, help="relative perturbation")
     p.add_argument("--files", nargs="+", default=None, help="test files (default: per op)")
     p.add_argument("--output", default=None, help="also write the table to this file")
+    p.add_argument("--survey", default=None, metavar="JSON",
+                   help="reuse this survey (which tests exercise what) if it exists, else write "
+                        "it there: the survey runs every test once and is the slow part")
     args = p.parse_args(argv)
 
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton on CPU tensors, as tests/conftest.py
@@ -115,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
 
     files = test_files(args.ops, backends, args.files)
     print(f"survey: {' '.join(files)}", file=sys.stderr, flush=True)
-    survey = run_pytest(files, {"TEETH_MODE": "survey"})
+    if args.survey and os.path.exists(args.survey):
+        with open(args.survey) as f:
+            survey = json.load(f)
+    else:
+        survey = run_pytest(files, {"TEETH_MODE": "survey"})
+        if args.survey:
+            with open(args.survey, "w") as f:
+                json.dump(survey, f)
     broken = sorted(t for t, r in survey["tests"].items() if not r["passed"])
     for t in broken:
         print(f"survey: {t} fails with nothing perturbed; left out", file=sys.stderr)
@@ -137,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         f.write("\n".join(tests))
                     try:
                         result = run_pytest(
-                            sorted({t.split("::")[0] for t in tests}),
+                            sorted({t.split("::")[0] for t in tests},
+                                   key=lambda name: files.index(name) if name in files else 0),
                             {"TEETH_MODE": "perturb", "TEETH_OP": op, "TEETH_BACKEND": backend,
                              "TEETH_DTYPE": dtype, "TEETH_TARGET": target,
                              "TEETH_FACTOR": str(1 + rel), "TEETH_SELECT": f.name}, ["-x"])
