@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("instance_norm", "padded_conv2d")
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rel-bfloat16", type=float, default=0.05, help="relative perturbation")
     p.add_argument("--files", nargs="+", default=None, help="test files (default: per op)")
     p.add_argument("--output", default=None, help="also write the table to this file")
+    p.add_argument("--jobs", type=int, default=2, help="pytest processes at a time")
     p.add_argument("--survey", default=None, metavar="JSON",
                    help="reuse this survey (which tests exercise what) if it exists, else write "
                         "it there: the survey runs every test once and is the slow part")
@@ -122,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.survey) as f:
             survey = json.load(f)
     else:
-        survey = run_pytest(files, {"TEETH_MODE": "survey"})
+        with ThreadPoolExecutor(args.jobs) as pool:  # one pytest per file
+            parts = list(pool.map(lambda f: run_pytest([f], {"TEETH_MODE": "survey"}), files))
+        survey = {"tests": {t: r for part in parts for t, r in part["tests"].items()}}
         if args.survey:
             with open(args.survey, "w") as f:
                 json.dump(survey, f)
@@ -130,34 +134,32 @@ def main(argv: list[str] | None = None) -> int:
     for t in broken:
         print(f"survey: {t} fails with nothing perturbed; left out", file=sys.stderr)
 
-    rows = []
-    for op in args.ops:
-        for backend in backends:
-            for dtype in args.dtypes:
-                for target in args.targets:
-                    combo = [op, backend, dtype, target]
-                    tests = [t for t, r in survey["tests"].items()
-                             if r["passed"] and combo in r["seen"]]
-                    if not tests:
-                        rows.append((*combo, 0, "survived", "no test exercised it"))
-                        continue
-                    rel = args.rel_float32 if dtype in ("float32", "float64") \
-                        else args.rel_bfloat16
-                    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-                        f.write("\n".join(tests))
-                    try:
-                        result = run_pytest(
-                            sorted({t.split("::")[0] for t in tests},
-                                   key=lambda name: files.index(name) if name in files else 0),
-                            {"TEETH_MODE": "perturb", "TEETH_OP": op, "TEETH_BACKEND": backend,
-                             "TEETH_DTYPE": dtype, "TEETH_TARGET": target,
-                             "TEETH_FACTOR": str(1 + rel), "TEETH_SELECT": f.name}, ["-x"])
-                    finally:
-                        os.unlink(f.name)
-                    verdict, detail = classify(result)
-                    rows.append((*combo, len(tests), verdict, detail))
-                    print(f"{' '.join(combo)}: {verdict} ({detail})", file=sys.stderr,
-                          flush=True)
+    combos = [(op, backend, dtype, target) for op in args.ops for backend in backends
+              for dtype in args.dtypes for target in args.targets]
+
+    def check(combo) -> tuple:
+        op, backend, dtype, target = combo
+        tests = [t for t, r in survey["tests"].items() if r["passed"] and list(combo) in r["seen"]]
+        if not tests:
+            return (*combo, 0, "survived", "no test exercised it")
+        rel = args.rel_float32 if dtype in ("float32", "float64") else args.rel_bfloat16
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(tests))
+        try:
+            result = run_pytest(
+                sorted({t.split("::")[0] for t in tests},
+                       key=lambda name: files.index(name) if name in files else 0),
+                {"TEETH_MODE": "perturb", "TEETH_OP": op, "TEETH_BACKEND": backend,
+                 "TEETH_DTYPE": dtype, "TEETH_TARGET": target, "TEETH_FACTOR": str(1 + rel),
+                 "TEETH_SELECT": f.name}, ["-x"])
+        finally:
+            os.unlink(f.name)
+        verdict, detail = classify(result)
+        print(f"{' '.join(combo)}: {verdict} ({detail})", file=sys.stderr, flush=True)
+        return (*combo, len(tests), verdict, detail)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(check, combos))
 
     lines = [f"Perturbation: x{1 + args.rel_float32:g} (float32), x{1 + args.rel_bfloat16:g} "
              f"(bfloat16). Tests: {', '.join(files)}.", ""]
