@@ -62,16 +62,27 @@ def test_unknown_format(tmp_path):
 
 
 def test_export_cli(tmp_path, capsys):
-    pytest.importorskip("onnx")
+    onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    save(models()["johnson"], tmp_path / "m.pth")
-    rc = main(["export", "--model", str(tmp_path / "m.pth"), "--format", "onnx",
-               "--output", str(tmp_path / "out" / "m.onnx")])
-    assert rc == 0 and (tmp_path / "out" / "m.onnx").stat().st_size > 0
-    assert "onnxruntime matches PyTorch" in capsys.readouterr().err
+    model = models()["johnson"].eval()
+    save(model, tmp_path / "m.pth")
+    for opset in (None, 18):  # the default (17) and an explicit --opset
+        out = tmp_path / "out" / f"m{opset}.onnx"
+        rc = main(["export", "--model", str(tmp_path / "m.pth"), "--format", "onnx",
+                   "--output", str(out)] + (["--opset", str(opset)] if opset else []))
+        assert rc == 0 and out.stat().st_size > 0
+        assert "onnxruntime matches PyTorch" in capsys.readouterr().err
+        versions = {o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")}
+        assert versions == {opset or 17}
+    rc = main(["export", "--model", str(tmp_path / "m.pth"), "--format", "onnx", "--no-verify",
+               "--output", str(tmp_path / "nv.onnx")])
+    assert rc == 0 and "matches" not in capsys.readouterr().err
     rc = main(["export", "--model", str(tmp_path / "m.pth"), "--format", "torchscript",
                "--output", str(tmp_path / "m.pt")])
-    assert rc == 0 and torch.jit.load(str(tmp_path / "m.pt")) is not None
+    assert rc == 0
+    x = torch.rand(1, 3, 36, 44) * 255
+    with torch.no_grad():
+        assert_close(torch.jit.load(str(tmp_path / "m.pt"))(x), model(x), atol=1e-2, rtol=1e-4)
     rc = main(["export", "--model", str(tmp_path / "missing.pth"), "--format", "onnx",
                "--output", str(tmp_path / "x.onnx")])
     assert rc == 1 and "model file not found" in capsys.readouterr().err

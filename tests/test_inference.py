@@ -73,12 +73,24 @@ def test_batch_equals_one_by_one():
     assert_close(stylizer.stylize_tensor(x), one_by_one, atol=1e-3, rtol=1e-5)
 
 
+def model_inputs(stylizer: Stylizer) -> list[torch.Tensor]:
+    """Records the tensors the stylizer's model is called with (a forward pre-hook)."""
+    seen: list[torch.Tensor] = []
+    stylizer.model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    return seen
+
+
 def test_channels_last_matches():
     model = small_johnson()
     x = torch.rand(1, 3, 36, 28) * 255
     expected = Stylizer(model).stylize_tensor(x)
-    assert_close(Stylizer(model, channels_last=True).stylize_tensor(x), expected, atol=1e-3,
-                 rtol=1e-5)
+    stylizer = Stylizer(model, channels_last=True)
+    seen = model_inputs(stylizer)
+    assert_close(stylizer.stylize_tensor(x), expected, atol=1e-3, rtol=1e-5)
+    # It ran in channels_last: input and convolution weights.
+    assert len(seen) == 1 and seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous()
+    assert stylizer.model.conv1.conv2d.weight.is_contiguous(memory_format=torch.channels_last)
     assert next(model.parameters()).is_contiguous()  # the caller's model is left alone
 
 
@@ -91,8 +103,14 @@ def test_half_dtypes_close_to_float32(dtype):
     x = torch.rand(1, 3, 32, 32) * 255
     ref = Stylizer(model).stylize_tensor(x)
     assert ref.std() > 5
-    out = Stylizer(model, dtype=dtype).stylize_tensor(x)
+    stylizer = Stylizer(model, dtype=dtype)
+    seen = model_inputs(stylizer)
+    out = stylizer.stylize_tensor(x)
     assert out.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+    # The model ran in that dtype (input and weights), which shows in the result.
+    assert [t.dtype for t in seen] == [getattr(torch, dtype)]
+    assert {p.dtype for p in stylizer.model.parameters()} == {getattr(torch, dtype)}
+    assert not torch.equal(out, ref)
     mse = (out - ref).pow(2).mean().item()
     psnr = 10 * np.log10(255 ** 2 / max(mse, 1e-12))
     assert psnr > 30, psnr
@@ -175,6 +193,21 @@ def test_tiles_reproduce_local_model_exactly(size):
     assert_close(actual, expected, atol=1e-3, rtol=1e-5)
 
 
+def test_stylizer_tile_option_runs_tiles_and_matches_whole():
+    model = LocalConv().eval()
+    x = torch.rand(1, 3, 70, 53) * 255
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    expected = Stylizer(model, tile=0).stylize_tensor(x)
+    assert seen == [(70, 53)]
+    seen.clear()
+    actual = Stylizer(model, tile=24, tile_overlap=12).stylize_tensor(x)
+    # A different path ran (5 x 4 tiles of at most 24 px, not one 70x53 forward) ...
+    assert len(seen) == 20 and all(max(s) <= 24 for s in seen)
+    # ... with the same result: the model is local, tiles overlap by more than its reach.
+    assert_close(actual, expected, atol=1e-3, rtol=1e-5)
+
+
 def _worst_edge(img: torch.Tensor) -> float:
     """Largest mean absolute step between neighbouring columns or rows: a seam is a column or
     row where the whole image jumps."""
@@ -246,7 +279,7 @@ def test_16_bit_colour_png(tmp_path):
     data = (rng.random((5, 4, 4)) * 65535).astype(np.uint16)
     write_image(tmp_path / "c16.png", data[..., :3].astype(np.float32) * 255 / 65535,
                 data[..., 3].astype(np.float32) / 65535, bit_depth=16)
-    pytest.importorskip("png", reason="pypng reads 16-bit colour PNGs (Pillow truncates them)")
+    pytest.importorskip("png", reason="pypng not installed (Pillow truncates 16-bit colour)")
     im = read_image(tmp_path / "c16.png")
     assert im.bit_depth == 16 and not im.grayscale
     assert np.abs(im.rgb * 65535 / 255 - data[..., :3]).max() < 0.6

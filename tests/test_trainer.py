@@ -174,7 +174,8 @@ def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path):
         os.fsync = die
         atomic_save({{"iteration": 2, "w": torch.zeros(1000000)}}, {str(path)!r})
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          timeout=600)  # a hang guard only
     assert proc.returncode == -9, proc.stderr.decode()
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["iteration"] == 1 and torch.equal(ckpt["w"], torch.arange(5.0))
@@ -183,16 +184,54 @@ def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path):
     assert torch.load(path, weights_only=True) == {"iteration": 3}
 
 
-def test_amp_bfloat16_channels_last_and_cli(images, tmp_path):
+def spy_generator(monkeypatch) -> list[dict]:
+    """Records, per training-mode forward of the generator the trainer builds, the autocast
+    state and the layouts it ran with."""
+    seen: list[dict] = []
+    build = trainer_mod.build_generator
+
+    def record(module, args):
+        if module.training:  # not the no_grad sample forwards in eval mode
+            conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d)
+                        and m.weight.shape[1] > 1)
+            seen.append({
+                "autocast": torch.is_autocast_enabled("cpu"),
+                "autocast_dtype": torch.get_autocast_dtype("cpu"),
+                "input_channels_last": args[0].is_contiguous(memory_format=torch.channels_last)
+                and not args[0].is_contiguous(),
+                "weight_channels_last": conv.weight.is_contiguous(
+                    memory_format=torch.channels_last)})
+
+    def spied(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(record)
+        return model
+
+    monkeypatch.setattr(trainer_mod, "build_generator", spied)
+    return seen
+
+
+@pytest.mark.parametrize("options", [[], ["--amp", "--channels-last"]], ids=["plain", "amp-cl"])
+def test_amp_bfloat16_channels_last_and_cli(images, tmp_path, monkeypatch, options):
+    seen = spy_generator(monkeypatch)
     out = tmp_path / "cli"
     code = cli_main(["train", "--style", images["style"], "--data", images["data"],
                      "--output", str(out), "--iterations", "2", "--batch-size", "2",
                      "--image-size", "32", "--vgg-weights", "random", "--workers", "0",
-                     "--amp", "--channels-last", "--arch", "texture", "--norm", "instance",
+                     *options, "--arch", "texture", "--norm", "instance",
                      "--preset", "johnson", "--style-layers", "relu1_2", "--no-progress"])
     assert code == 0
+    on = bool(options)
+    # Each training step ran the generator under bfloat16 autocast and in channels_last
+    # (input and weights), or under neither without the options.
+    assert len(seen) == 2
+    for step in seen:
+        assert step["autocast"] is on
+        assert step["autocast_dtype"] == torch.bfloat16 or not on
+        assert step["input_channels_last"] is on and step["weight_channels_last"] is on
     ckpt = load_checkpoint(str(out / "checkpoint.pth"))
-    assert ckpt["config"]["amp"] == "auto" and ckpt["config"]["channels_last"] is True
+    assert ckpt["config"]["amp"] == ("auto" if on else None)
+    assert ckpt["config"]["channels_last"] is on
     assert ckpt["loss_config"]["tv_weight"] == 1e-6
     assert type(sf.models.load(out / "model.pth")).__name__ == "TextureNet"
 
