@@ -224,19 +224,21 @@ def pytorch_instance_norm_grads(x: torch.Tensor, w: torch.Tensor | None, b: torc
     """PyTorch's own ``F.instance_norm`` in ``x``'s dtype (the baseline of the half-precision
     rule, no activation): output and gradients (input, weight, bias; None where absent). A
     per-sample ``(N, C)`` weight / bias is applied after the normalisation."""
-    import torch.nn.functional as F
+    def aten_instance_norm(x, weight=None, bias=None, eps=1e-5):
+        # aten's op: what F.instance_norm runs, without its check for a 1x1 plane.
+        return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, False)
 
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
     xl, wl, bl = leaves
     per_sample = wl is not None and wl.dim() == 2 or bl is not None and bl.dim() == 2
     if per_sample:
-        y = F.instance_norm(xl, eps=eps)
+        y = aten_instance_norm(xl, eps=eps)
         if wl is not None:
             y = y * wl.to(y.dtype)[:, :, None, None]
         if bl is not None:
             y = y + bl.to(y.dtype)[:, :, None, None]
     else:
-        y = F.instance_norm(xl, weight=None if wl is None else wl.to(xl.dtype),
+        y = aten_instance_norm(xl, weight=None if wl is None else wl.to(xl.dtype),
                             bias=None if bl is None else bl.to(xl.dtype), eps=eps)
     grads = torch.autograd.grad(y, [t for t in leaves if t is not None], grad_output)
     it = iter(grads)
