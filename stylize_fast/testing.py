@@ -219,11 +219,12 @@ def pytorch_padded_conv2d_grads(x: torch.Tensor, w: torch.Tensor, b: torch.Tenso
 
 
 def pytorch_instance_norm_grads(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None,
-                                eps: float, grad_output: torch.Tensor,
+                                eps: float, grad_output: torch.Tensor, activation=None,
                                 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """PyTorch's own ``F.instance_norm`` in ``x``'s dtype (the baseline of the half-precision
-    rule, no activation): output and gradients (input, weight, bias; None where absent). A
-    per-sample ``(N, C)`` weight / bias is applied after the normalisation."""
+    """PyTorch's own ``F.instance_norm`` in ``x``'s dtype, then ``activation`` (a function, e.g.
+    ``F.relu``) when given -- the baseline of the half-precision rule: output and gradients
+    (input, weight, bias; None where absent). A per-sample ``(N, C)`` weight / bias is applied
+    after the normalisation."""
     def aten_instance_norm(x, weight=None, bias=None, eps=1e-5):
         # aten's op: what F.instance_norm runs, without its check for a 1x1 plane.
         return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, False)
@@ -240,6 +241,8 @@ def pytorch_instance_norm_grads(x: torch.Tensor, w: torch.Tensor | None, b: torc
     else:
         y = aten_instance_norm(xl, weight=None if wl is None else wl.to(xl.dtype),
                             bias=None if bl is None else bl.to(xl.dtype), eps=eps)
+    if activation is not None:
+        y = activation(y)
     grads = torch.autograd.grad(y, [t for t in leaves if t is not None], grad_output)
     it = iter(grads)
     return y.detach(), [None if t is None else next(it) for t in leaves]
