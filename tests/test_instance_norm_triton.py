@@ -211,6 +211,34 @@ def test_backward_matches_reference(small, schedule, layout, dtype, activation, 
         assert_close(got, ref, **_param_tolerance(dtype), name=name)
 
 
+# Default thresholds (no `small` fixture) on a plane of a few thousand elements: the real tile
+# sizes and programs (one pass for NCHW, the split schedule for channels_last) in the interpreter.
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,dtype", [("contiguous", torch.bfloat16),
+                                          ("channels_last", torch.float32)])
+def test_larger_shape_default_schedule(layout, dtype):
+    shape = (3, 16, 67, 75)
+    x = make_input(shape, dtype, layout, device=DEVICE)
+    w, b = _affine("sample", *shape[:2], stats_dtype(dtype))
+    grad_output = make_input(shape, dtype, device=DEVICE, mean=0.0, std=1.0)
+    y, mean, rstd = FWD(x, w, b, EPS, int(Activation.LEAKY_RELU), SLOPE)
+    dx, dw, db = BWD(grad_output, x, w, b, mean, rstd, int(Activation.LEAKY_RELU), SLOPE,
+                     [True, True, True])
+    y_ref = _reference_forward(x, w, b, Activation.LEAKY_RELU)[0]
+    dx_ref, dw_ref, db_ref = _reference_grads(x, w, b, Activation.LEAKY_RELU, y, grad_output)
+    if dtype == torch.bfloat16:
+        torch_y, torch_grads = pytorch_instance_norm_grads(
+            x, w, b, EPS, grad_output, _torch_activation(Activation.LEAKY_RELU))
+        assert_half_close(y, y_ref, terms=x[0, 0].numel(), baseline=torch_y, name="output")
+        assert_half_close(dx, dx_ref, terms=x[0, 0].numel(), baseline=torch_grads[0],
+                          name="grad_input")
+    else:
+        assert_close(y, y_ref, **tolerance(dtype), name="output")
+        assert_close(dx, dx_ref, **_grad_tolerance(dtype), name="grad_input")
+    assert_close(dw, dw_ref, **_param_tolerance(dtype), name="grad_weight")
+    assert_close(db, db_ref, **_param_tolerance(dtype), name="grad_bias")
+
+
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_float64_forward_and_backward(small, schedule, layout):
