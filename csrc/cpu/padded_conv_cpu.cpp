@@ -16,7 +16,9 @@
 //                                    kernels'); B^T G = the border pixels' patch gradients
 //                                    (G W, one GEMM) restricted to the ring and folded (one
 //                                    thread per (n, c) plane: deterministic, no atomics) onto
-//                                    the reflected / replicated source pixels;
+//                                    the reflected / replicated source pixels, summed in float32
+//                                    and added to Z^T G once (half types: one more rounding,
+//                                    not one per term);
 //   grad_weight = wgrad(Z(x), gy) + G(border)^T B(patches)  (one GEMM), or our kernel's
 //                 (padded_conv_cpu_wgrad.cpp, few output channels), which reads B directly;
 //   grad_bias   = sum of gy.
