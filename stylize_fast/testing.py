@@ -113,3 +113,136 @@ def float64_copy(t: torch.Tensor | None) -> torch.Tensor | None:
     if t is None:
         return None
     return t.detach().double().requires_grad_(t.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Half precision: one rule for every kernel's bfloat16 / float16 outputs and gradients.
+#
+# A half-precision result is compared with float64 run on the *same rounded inputs*, so the only
+# errors left are the kernel's own: float32 accumulation (tiny) and the final rounding to the
+# output dtype (half a unit in the last place). The error is measured as
+# max|actual - expected| / max|expected| and may be at most HALF_ROUNDINGS roundings of the
+# largest value (about one extra rounding of an intermediate), plus float32 accumulation over
+# `terms` products; and never more than twice the error of PyTorch's own op in that dtype on the
+# same inputs where one exists (a kernel may not be worse than the op it replaces). A result
+# that is 5% off (or zero, halved, negated) fails.
+
+# Unit roundoff (half an ulp of 1.0) per dtype.
+UNIT_ROUNDOFF: dict[torch.dtype, float] = {
+    torch.bfloat16: 2.0 ** -8,
+    torch.float16: 2.0 ** -11,
+    torch.float32: 2.0 ** -24,
+    torch.float64: 2.0 ** -53,
+}
+# Roundings of the largest value a half-precision result may be off by (2.56 x 2^-8 = 1e-2 for
+# bfloat16, 1.25e-3 for float16): one for the output, the rest for an intermediate rounding.
+HALF_ROUNDINGS = 2.56
+# Whatever PyTorch's own op does, a bfloat16 / float16 result more than this far off (relative to
+# the largest value) fails: a 5% / 1% error must never pass.
+HALF_CEILING: dict[torch.dtype, float] = {torch.bfloat16: 2.5e-2, torch.float16: 5e-3}
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|actual - expected| / max|expected|`` in float64 (inf for a NaN; the absolute error
+    for an all-zero ``expected``)."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if tuple(a.shape) != tuple(e.shape):
+        raise AssertionError(f"shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if a.numel() == 0:
+        return 0.0
+    err = (a - e).abs().nan_to_num(float("inf")).max().item()
+    scale = e.abs().max().item()
+    return err / scale if scale > 0 else err
+
+
+def half_tolerance(dtype: torch.dtype, terms: int = 1) -> float:
+    """The floor of the half-precision rule: HALF_ROUNDINGS roundings of the largest value in
+    ``dtype`` plus float32 accumulation over ``terms`` products (random rounding: sqrt growth)."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"half_tolerance: dtype must be bfloat16 or float16, got {dtype}")
+    return HALF_ROUNDINGS * UNIT_ROUNDOFF[dtype] + 4.0 * max(1, terms) ** 0.5 * \
+        UNIT_ROUNDOFF[torch.float32]
+
+
+def assert_half_close(actual: torch.Tensor, expected: torch.Tensor, *, terms: int = 1,
+                      baseline: torch.Tensor | None = None, name: str = "output") -> float:
+    """The half-precision rule: ``actual`` (bfloat16 / float16) against ``expected`` (float64 on
+    the same rounded inputs) within max(:func:`half_tolerance`, 2 x the error of ``baseline``),
+    ``baseline`` being PyTorch's own op's result in ``actual``'s dtype on the same inputs; never
+    more than HALF_CEILING. Returns the error (relative to the largest expected value)."""
+    dtype = actual.dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise AssertionError(f"{name}: assert_half_close needs a bfloat16 / float16 result, got "
+                             f"{dtype}")
+    err = relative_error(actual, expected)
+    tol = half_tolerance(dtype, terms)
+    own = None
+    if baseline is not None:
+        own = relative_error(baseline, expected)
+        tol = max(tol, 2.0 * own)
+    tol = min(tol, HALF_CEILING[dtype])
+    if not err <= tol:
+        torch_note = "" if own is None else f", PyTorch's own {dtype} op {own:.3e}"
+        abs_tol = tol * expected.detach().abs().max().item()
+        raise AssertionError(
+            f"{name}: {dtype} error {err:.3e} of the largest value exceeds {tol:.3e}"
+            f"{torch_note}\n" + describe_mismatch(actual, expected, abs_tol, 0.0))
+    return err
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, *, terms: int = 1,
+                   baseline: torch.Tensor | None = None, name: str = "output",
+                   scale: float = 1.0) -> None:
+    """Dispatch on ``actual``'s dtype: the half-precision rule (:func:`assert_half_close`) for
+    bfloat16 / float16, else :func:`assert_close` at the dtype's tolerance times ``scale``."""
+    if actual.dtype in (torch.bfloat16, torch.float16):
+        assert_half_close(actual, expected, terms=terms, baseline=baseline, name=name)
+    else:
+        assert_close(actual, expected, name=name, **tolerance(actual.dtype, scale))
+
+
+def pytorch_padded_conv2d_grads(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                                stride, padding, mode: str, grad_output: torch.Tensor,
+                                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """PyTorch's own ``F.pad`` + ``F.conv2d`` in the inputs' dtype (the baseline of the
+    half-precision rule): output and gradients (input, weight, bias; None where absent)."""
+    import torch.nn.functional as F
+
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+    xp = F.pad(leaves[0], (pw, pw, ph, ph), mode=mode) if mode != "zeros" else \
+        F.pad(leaves[0], (pw, pw, ph, ph))
+    y = F.conv2d(xp, leaves[1], leaves[2], stride)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], grad_output)
+    it = iter(grads)
+    return y.detach(), [None if t is None else next(it) for t in leaves]
+
+
+def pytorch_instance_norm_grads(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None,
+                                eps: float, grad_output: torch.Tensor, activation=None,
+                                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """PyTorch's own ``F.instance_norm`` in ``x``'s dtype, then ``activation`` (a function, e.g.
+    ``F.relu``) when given -- the baseline of the half-precision rule: output and gradients
+    (input, weight, bias; None where absent). A per-sample ``(N, C)`` weight / bias is applied
+    after the normalisation."""
+    def aten_instance_norm(x, weight=None, bias=None, eps=1e-5):
+        # aten's op: what F.instance_norm runs, without its check for a 1x1 plane.
+        return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+    xl, wl, bl = leaves
+    per_sample = wl is not None and wl.dim() == 2 or bl is not None and bl.dim() == 2
+    if per_sample:
+        y = aten_instance_norm(xl, eps=eps)
+        if wl is not None:
+            y = y * wl.to(y.dtype)[:, :, None, None]
+        if bl is not None:
+            y = y + bl.to(y.dtype)[:, :, None, None]
+    else:
+        y = aten_instance_norm(xl, weight=None if wl is None else wl.to(xl.dtype),
+                            bias=None if bl is None else bl.to(xl.dtype), eps=eps)
+    if activation is not None:
+        y = activation(y)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], grad_output)
+    it = iter(grads)
+    return y.detach(), [None if t is None else next(it) for t in leaves]

@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import stylize_fast as sf
 from stylize_fast.ops import instance_norm_reference, padded_conv_reference
@@ -71,14 +72,53 @@ def test_instance_norm_statistics_are_not_differentiable():
     assert y.requires_grad and not mean.requires_grad and not rstd.requires_grad
 
 
+class _RecordBackwardMasks(TorchDispatchMode):
+    """Records the output_mask of every stylize_fast::*_bwd call dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks: dict[str, list[list[bool]]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.name()
+        if name.startswith("stylize_fast::") and name.endswith("_bwd"):
+            schema_args = func._schema.arguments
+            index = next(i for i, a in enumerate(schema_args) if a.name == "output_mask")
+            mask = kwargs["output_mask"] if "output_mask" in kwargs else args[index]
+            self.masks.setdefault(name.split("::")[1], []).append(list(mask))
+        return func(*args, **kwargs)
+
+
 def test_instance_norm_grad_of_one_input_only():
     # autograd.grad for x alone: the kernel is asked for grad_input only, and w / b get none.
     x = make_input((2, 3, 4, 4), torch.float64, requires_grad=True)
     w = torch.rand(3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    y = ops.instance_norm_fwd(x, w, b, 1e-5, 1, 0.0)[0]
-    (gx,) = torch.autograd.grad(y.sum(), [x])
+    with _RecordBackwardMasks() as seen:
+        y = ops.instance_norm_fwd(x, w, b, 1e-5, 1, 0.0)[0]
+        (gx,) = torch.autograd.grad(y.sum(), [x])
+    assert seen.masks == {"instance_norm_bwd": [[True, False, False]]}
     assert gx.shape == x.shape and w.grad is None and b.grad is None
+
+
+@pytest.mark.parametrize("wanted,mask", [("x", [True, False, False]), ("w", [False, True, False]),
+                                         ("b", [False, False, True]),
+                                         ("wb", [False, True, True])])
+def test_backward_masks_follow_what_is_needed(wanted, mask):
+    # The C++ autograd asks each kernel for exactly the gradients autograd.grad needs.
+    x = make_input((2, 3, 6, 5), torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    cw = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    cb = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    with _RecordBackwardMasks() as seen:
+        y = ops.instance_norm_fwd(x, w, b, 1e-5, 1, 0.0)[0]
+        torch.autograd.grad(y.sum(), [{"x": x, "w": w, "b": b}[c] for c in wanted])
+        z = ops.padded_conv2d_fwd(x.detach(), cw, cb, [1, 1], [1, 1], 1) if wanted != "x" else \
+            ops.padded_conv2d_fwd(x, cw.detach(), cb.detach(), [1, 1], [1, 1], 1)
+        torch.autograd.grad(z.sum(), [{"x": x, "w": cw, "b": cb}[c] for c in wanted])
+    assert seen.masks == {"instance_norm_bwd": [mask], "padded_conv2d_bwd": [mask]}
 
 
 CONV_CASES = [

@@ -18,16 +18,19 @@ from stylize_fast.ops.common import padding_mode_code
 from stylize_fast.testing import (
     assert_all_written,
     assert_close,
+    assert_half_close,
+    assert_matches,
     make_input,
     poisoned_outputs,
+    pytorch_padded_conv2d_grads,
     tolerance,
 )
 
 from .conftest import LARGE, backend_devices, interpreted
 
 BACKENDS = backend_devices("padded_conv2d")
-# The reference is the ground truth: checking it against itself over the big grids only costs
-# time, so those grids run the kernels; the smaller tests still include it.
+# The reference is the ground truth: value checks run the kernels (the reference against itself
+# would be the same computation twice; test_references.py checks the reference itself).
 KERNELS = [p for p in BACKENDS if p.values[0] != "reference"] or BACKENDS
 COMPILED = [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")]
 MODES = ["reflect", "replicate", "zeros"]
@@ -121,11 +124,14 @@ def test_forward_layouts_and_dtypes(backend, device, layout, dtype, mode):
     assert_all_written(y)
     _check_layout(y, x)
     # The reference sees the same (rounded) inputs: the tolerance covers accumulation and the
-    # output's rounding. Conv outputs sum C * k * k products, hence the scale.
-    assert_close(y, _reference(x, w, b, stride, padding, mode), **tolerance(dtype, 4.0))
+    # output's rounding; half types by the half-precision rule against PyTorch's own op.
+    baseline = pytorch_padded_conv2d_grads(x, w, b, stride, padding, mode,
+                                           torch.ones(y.shape, dtype=dtype, device=device))[0]
+    assert_matches(y, _reference(x, w, b, stride, padding, mode), terms=shape[1] * k * k,
+                   baseline=baseline, scale=4.0)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", KERNELS)
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_no_bias_rectangular_kernel(backend, device, mode):
     x = make_input((1, 3, 8, 9), device=device)
@@ -135,7 +141,7 @@ def test_forward_no_bias_rectangular_kernel(backend, device, mode):
     assert_close(y, _reference(x, w, None, (2, 1), (1, 2), mode), **tolerance(torch.float32))
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", KERNELS)
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_generator_layer(backend, device, mode):
     # A real layer size (Johnson's last conv at a small resolution): many border pixels and a
@@ -204,12 +210,63 @@ def test_backward_layouts_dtypes_and_masks(backend, device, layout, dtype, needs
     yd = _reference(*ref_inputs, stride, padding, "reflect")
     want = torch.autograd.grad(yd, [t for t in ref_inputs if t is not None and t.requires_grad],
                                gy.double())
-    for a, e, t in zip(got, want, inputs):
+    torch_grads = [g for g in pytorch_padded_conv2d_grads(x, w, b, stride, padding, "reflect",
+                                                           gy)[1] if g is not None]
+    torch_grads = [g for g, t in zip(torch_grads, [t for t in (x, w, b) if t is not None])
+                   if t.requires_grad]
+    for a, e, t, base in zip(got, want, inputs, torch_grads):
         assert_all_written(a, "gradient")
         assert a.shape == t.shape and a.dtype == dtype
-        assert_close(a, e, name="gradient", **tolerance(dtype, 20.0))
+        assert_matches(a, e, name="gradient", terms=y.numel(), baseline=base,
+                       scale=20.0)
     if x.requires_grad:
         _check_layout(got[0], x)
+
+
+# Half-precision gradients of every CPU algorithm (forced as STYLIZE_FAST_CONV_ALGO does) on
+# layers it runs: (dtype, algorithm, (C, O, k), stride). Johnson's last layer (few outputs, 9x9)
+# is where the input gradient once lost 3-5x PyTorch's accuracy to bfloat16 roundings.
+_HALF_ALGO_CASES = [
+    *[(dt, "library", layer, s) for dt in (torch.bfloat16, torch.float16)
+      for layer in ((16, 3, 9), (16, 16, 3), (3, 16, 9)) for s in (1, 2)],
+    *[(torch.bfloat16, "direct", (16, 3, 9), s) for s in (1, 2)],
+    (torch.bfloat16, "direct", (3, 16, 9), 2),
+    (torch.bfloat16, "winograd", (16, 16, 3), 1),
+    *[(torch.float16, "direct", layer, s) for layer in ((16, 3, 9), (3, 16, 9)) for s in (1, 2)],
+    (torch.float16, "direct", (16, 16, 3), 2),
+]
+
+
+@pytest.mark.skipif(not any(p.values[0] == "cpu" for p in BACKENDS), reason="no CPU kernel")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype,algorithm,layer,stride", [
+    pytest.param(*case, id=f"{str(case[0])[6:]}-{case[1]}-{case[2][0]}to{case[2][1]}k{case[2][2]}"
+                 f"-s{case[3]}") for case in _HALF_ALGO_CASES])
+def test_half_gradients_every_cpu_algorithm(monkeypatch, mode, layout, dtype, algorithm, layer,
+                                            stride):
+    monkeypatch.setitem(sf.config.options, "conv_algo", algorithm)
+    c, o, k = layer
+    shape, padding = (2, c, 13, 15), k // 2
+    x = make_input(shape, dtype, layout, requires_grad=True)
+    w, b = _params(shape, k, out_channels=o, dtype=dtype)
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    from stylize_fast.ops.padded_conv import cpu_algorithm
+    assert cpu_algorithm(x, w, (stride, stride), (padding, padding),
+                         padding_mode_code(mode)) == algorithm
+    y = _run("cpu", x, w, b, stride, padding, mode)
+    gy = make_input(y.shape, dtype, generator=torch.Generator().manual_seed(5), mean=0.0)
+    got = torch.autograd.grad(y, (x, w, b), gy)
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    yd = _reference(*leaves, stride, padding, mode)
+    want = torch.autograd.grad(yd, leaves, gy.double())
+    torch_y, torch_grads = pytorch_padded_conv2d_grads(x, w, b, stride, padding, mode, gy)
+    assert_half_close(y, yd, terms=c * k * k, baseline=torch_y, name=f"{algorithm} output")
+    for name, a, e, base, terms in zip(("grad_input", "grad_weight", "grad_bias"), got, want,
+                                       torch_grads, (o * k * k, y[:, 0].numel(), y[:, 0].numel())):
+        assert a.dtype == dtype
+        assert_half_close(a, e, terms=terms, baseline=base, name=f"{algorithm} {name}")
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -417,4 +474,6 @@ def test_autocast_casts_like_conv2d():
         y = sf.functional.padded_conv2d(x, w, b, 1, 1, "reflect")
         expected = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b)
     assert y.dtype == expected.dtype == torch.bfloat16
-    assert_close(y, expected, **tolerance(torch.bfloat16, 4))
+    # Both cast the same inputs to bfloat16: float64 on those casts is the ground truth.
+    want = _reference(x.bfloat16(), w.bfloat16(), b.bfloat16(), 1, 1, "reflect")
+    assert_half_close(y, want, terms=3 * 3 * 3, baseline=expected)

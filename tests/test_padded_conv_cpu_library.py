@@ -20,17 +20,23 @@ import torch.nn.functional as F
 
 import stylize_fast as sf
 from stylize_fast.ops import padded_conv
-from stylize_fast.testing import assert_all_written, assert_close, make_input, poisoned_outputs
+from stylize_fast.testing import (
+    assert_all_written,
+    assert_close,
+    assert_half_close,
+    make_input,
+    poisoned_outputs,
+    pytorch_padded_conv2d_grads,
+)
 
 pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
 
 ops = torch.ops.stylize_fast
 MODES = sf.ops.common.PADDING_MODE_NAMES  # name -> kernel code
-# (atol relative to the largest reference value, rtol) per dtype: half dtypes go through the
-# library's half convolutions (one rounding per product for float16 on some paths).
-TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5),
-       torch.bfloat16: (2e-2, 2.0**-7), torch.float16: (2e-3, 2.0**-9)}
+# (atol relative to the largest reference value, rtol) per dtype; half dtypes are checked by the
+# half-precision rule (stylize_fast.testing.assert_half_close).
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5)}
 
 
 @pytest.fixture(autouse=True)
@@ -61,10 +67,15 @@ def _check(shape, o, kernel, stride, padding, mode, dtype=torch.float32, layout=
     ph, pw = padding
     ref = F.conv2d(F.pad(x64, (pw, pw, ph, ph), mode="constant" if mode == "zeros" else mode),
                    w64, b64, stride=stride)
-    atol, rtol = TOL[dtype]
-    assert_close(y, ref, atol=atol * ref.abs().max().item(), rtol=rtol)
+    atol, rtol = TOL.get(dtype, (None, None))
     gy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(7),
                      dtype=torch.float64).to(dtype)
+    half = dtype in (torch.bfloat16, torch.float16)
+    if half:  # the half-precision rule: within twice PyTorch's own F.pad + F.conv2d error
+        torch_y, torch_grads = pytorch_padded_conv2d_grads(x, w, b, stride, padding, mode, gy)
+        assert_half_close(y, ref, terms=shape[1] * kh * kw, baseline=torch_y)
+    else:
+        assert_close(y, ref, atol=atol * ref.abs().max().item(), rtol=rtol)
     with poisoned_outputs():
         got = ops.padded_conv2d_bwd(gy, x.detach(), w.detach(), list(stride), list(padding),
                                     MODES[mode], list(mask))
@@ -75,7 +86,13 @@ def _check(shape, o, kernel, stride, padding, mode, dtype=torch.float32, layout=
             continue
         assert_all_written(a, name=f"grad_{name}")
         assert a.dtype == dtype and a.shape == e.shape
-        assert_close(a, e, atol=atol * e.abs().max().item(), rtol=rtol, name=f"grad_{name}")
+        if half:
+            terms = o * kh * kw if name == "input" else ref[:, 0].numel()
+            assert_half_close(a, e, terms=terms, baseline=torch_grads[("input", "weight",
+                                                                       "bias").index(name)],
+                              name=f"grad_{name}")
+        else:
+            assert_close(a, e, atol=atol * e.abs().max().item(), rtol=rtol, name=f"grad_{name}")
     return y, got
 
 

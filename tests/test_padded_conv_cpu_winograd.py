@@ -16,7 +16,14 @@ import torch.nn.functional as F
 import stylize_fast as sf
 from stylize_fast.ops import padded_conv as padded_conv_ops
 from stylize_fast.ops.common import output_memory_format
-from stylize_fast.testing import assert_all_written, assert_close, make_input, poisoned_outputs
+from stylize_fast.testing import (
+    assert_all_written,
+    assert_close,
+    assert_half_close,
+    make_input,
+    poisoned_outputs,
+    pytorch_padded_conv2d_grads,
+)
 
 pytestmark = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                 reason="C++ extension not built")
@@ -241,12 +248,15 @@ def test_backward_matches_reference(winograd, mode, layout, shape, out_channels,
         grads = torch.autograd.grad(y, inputs, gy)
     expected_grads = torch.autograd.grad(expected, [t for t in (x64, w64, b64) if t.requires_grad],
                                          gy.double())
-    # bfloat16: the weight gradient comes from the library's bfloat16 convolution (a sum of
-    # bfloat16 products over every pixel), hence the looser bound.
-    atol, rtol = (3e-5, 1e-4) if dtype == torch.float32 else (2e-2, 2.0**-7)
-    for g, e in zip(grads, expected_grads):
+    # bfloat16: the half-precision rule, against PyTorch's own F.pad + F.conv2d in bfloat16.
+    torch_grads = pytorch_padded_conv2d_grads(x, w, b, (1, 1), padding, mode, gy)[1]
+    torch_grads = [g for g, t in zip(torch_grads, (x, w, b)) if t.requires_grad]
+    for g, e, base in zip(grads, expected_grads, torch_grads):
         assert_all_written(g)
-        assert_close(g, e, atol=atol * e.abs().max().item(), rtol=rtol)
+        if dtype == torch.bfloat16:
+            assert_half_close(g, e, terms=expected[:, 0].numel(), baseline=base)
+        else:
+            assert_close(g, e, atol=3e-5 * e.abs().max().item(), rtol=1e-4)
     assert grads[0].is_contiguous(memory_format=output_memory_format(x))
 
 

@@ -19,9 +19,11 @@ from stylize_fast.ops.common import PaddingMode
 from stylize_fast.testing import (
     assert_all_written,
     assert_close,
+    assert_half_close,
     float64_copy,
     make_input,
     poisoned_outputs,
+    pytorch_padded_conv2d_grads,
     tolerance,
 )
 
@@ -89,9 +91,20 @@ def _check_all(x, w, b, stride, padding, mode, *, layout="contiguous"):
     rgx, rgw = rgrads[:2]
     names = ("output", "grad_input", "grad_weight", "grad_bias")
     pairs = [(y, ry), (gx, rgx), (gw, rgw)] + ([(gb, rgrads[2])] if b is not None else [])
-    for name, (got, want), bound in zip(names, pairs, bounds):
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half:  # the half-precision rule: no worse than twice PyTorch's own op in that dtype
+        torch_y, torch_grads = pytorch_padded_conv2d_grads(x, w, b, stride, padding,
+                                                           mode.name.lower(), gy)
+        baselines = [torch_y, *torch_grads]
+        terms = (w[0].numel(), w.shape[0] * w.shape[2] * w.shape[3], ry[:, 0].numel(),
+                 ry[:, 0].numel())
+    for i, (name, (got, want), bound) in enumerate(zip(names, pairs, bounds)):
         assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
-        assert_close(got, want, name=name, **tolerance(dtype, scale=max(1.0, float(bound))))
+        if half:
+            assert_half_close(got, want, terms=terms[i], baseline=baselines[i], name=name)
+        else:
+            # float32: the rounding error of a sum grows with the sum of |terms| (bound).
+            assert_close(got, want, name=name, **tolerance(dtype, scale=max(1.0, float(bound))))
     # Outputs follow the input's layout (the rule of F.conv2d).
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt), f"output not in {fmt}"
@@ -124,6 +137,21 @@ def test_layouts_dtypes(layout, dtype):
     x = make_input((2, 5, 5, 6), dtype, layout, device=DEVICE)
     w, b = _weights(6, 5, 3, dtype)
     _check_all(x, w.to(DEVICE), b.to(DEVICE), (stride, stride), (1, 1), PaddingMode.REFLECT,
+               layout=layout)
+
+
+# Bigger than the interpreter's usual few hundred elements (~10-20 s each there): a batch of
+# two, 9x9 kernels with more than one channel on each side.
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,stride,shape", [
+    pytest.param(torch.bfloat16, 1, (2, 2, 6, 7), id="bf16-s1"),
+    pytest.param(torch.float32, 2, (2, 4, 9, 10), id="fp32-s2-channels_last"),
+])
+def test_9x9_batch2(dtype, stride, shape):
+    layout = "channels_last" if stride == 2 else "contiguous"
+    x = make_input(shape, dtype, layout, device=DEVICE)
+    w, b = _weights(3, shape[1], 9, dtype)
+    _check_all(x, w.to(DEVICE), b.to(DEVICE), (stride, stride), (4, 4), PaddingMode.REFLECT,
                layout=layout)
 
 

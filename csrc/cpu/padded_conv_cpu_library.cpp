@@ -17,7 +17,9 @@
 //                                    kernels'); B^T G = the border pixels' patch gradients
 //                                    (G W, one GEMM) restricted to the ring and folded (one
 //                                    thread per (n, c) plane: deterministic, no atomics) onto
-//                                    the reflected / replicated source pixels;
+//                                    the reflected / replicated source pixels, summed in float32
+//                                    and added to Z^T G once (half types: one more rounding,
+//                                    not one per term);
 //   grad_weight = wgrad(Z(x), gy) + G(border)^T B(patches)  (one GEMM), or our kernel's
 //                 (padded_conv_cpu_wgrad.cpp, few output channels), which reads B directly;
 //   grad_bias   = sum of gy.
@@ -104,6 +106,38 @@ PadMap pad_map(const Geometry& g, int64_t mode) {
     m.col_ring.push_back(j < g.pw || j >= g.pw + g.w);
   }
   return m;
+}
+
+// The input pixels that receive ring terms in the backward (the sources of padding rows, any
+// column, and the sources of padding columns, any row), each with a slot in a float
+// accumulator: their terms are summed there and added to grad_input once, so that a
+// half-precision gradient is rounded once rather than after every term. Slots: rows first
+// (row_slot[r] * W + col), then the columns of the other rows (R * W + r * Q + col_slot[col]).
+struct RingSlots {
+  std::vector<int64_t> row_slot, col_slot;  // -1: not a source of the ring
+  std::vector<int64_t> cols;                // the columns with col_slot >= 0
+  int64_t rows = 0, w = 0, total = 0;
+  int64_t slot(int64_t r, int64_t c) const {
+    return row_slot[r] >= 0 ? row_slot[r] * w + c
+                            : rows * w + r * static_cast<int64_t>(cols.size()) + col_slot[c];
+  }
+};
+
+RingSlots ring_slots(const Geometry& g, const PadMap& m) {
+  RingSlots s;
+  s.row_slot.assign(g.h, -1);
+  s.col_slot.assign(g.w, -1);
+  for (size_t i = 0; i < m.row.size(); ++i)
+    if (m.row_ring[i] && m.row[i] >= 0 && s.row_slot[m.row[i]] < 0)
+      s.row_slot[m.row[i]] = s.rows++;
+  for (size_t j = 0; j < m.col.size(); ++j)
+    if (m.col_ring[j] && m.col[j] >= 0 && s.col_slot[m.col[j]] < 0) {
+      s.col_slot[m.col[j]] = static_cast<int64_t>(s.cols.size());
+      s.cols.push_back(m.col[j]);
+    }
+  s.w = g.w;
+  s.total = s.rows * g.w + g.h * static_cast<int64_t>(s.cols.size());
+  return s;
 }
 
 // Work below this many elements runs on the calling thread: a parallel region costs more than
@@ -235,8 +269,10 @@ at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDo
 
 // The backward fix-up (B^T G and wgrad(B(x), G), see the top of the file), one GEMM per chunk
 // of border pixels for each. grad_input (when defined) gets the ring contributions folded onto
-// their source pixels: one thread per (n, c) plane, pixels in a fixed order -- deterministic,
-// no atomics. grad_weight_acc (when defined): (O, C, KH, KW) contiguous, accumulation dtype.
+// their source pixels: summed per source pixel in the accumulation dtype (one thread per (n, c)
+// plane or channel block, pixels in a fixed order -- deterministic, no atomics), then added to
+// grad_input once, so that a half-precision gradient is rounded once. grad_weight_acc (when
+// defined): (O, C, KH, KW) contiguous, accumulation dtype.
 void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight,
                          const Geometry& g, int64_t mode, at::Tensor& grad_input,
                          at::Tensor& grad_weight_acc) {
@@ -255,7 +291,19 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
     patches = at::empty({std::min(rows, P), K}, opts);
     gw = at::zeros({g.o, K}, opts);  // corrections in patch order, added once at the end
   }
-  if (grad_input.defined()) dp_buf = at::empty({std::min(rows, P), K}, opts);
+  // grad_input's ring terms, summed in the accumulation dtype per (sample, slot, channel) --
+  // (sample, channel, slot) for NCHW -- and added to grad_input once at the end.
+  RingSlots slots;
+  at::Tensor ring_acc;
+  if (grad_input.defined()) {
+    dp_buf = at::empty({std::min(rows, P), K}, opts);
+    slots = ring_slots(g, m);
+    ring_acc = at::zeros({g.n * slots.total * g.c}, opts);
+  }
+  const int64_t T = slots.total;
+  auto acc_offset = [&](int64_t n, int64_t slot, int64_t c) {
+    return taps_first ? (n * T + slot) * g.c + c : (n * g.c + c) * T + slot;
+  };
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fix_backward",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -272,8 +320,7 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
       auto dp = dp_buf.narrow(0, 0, p1 - p0);
       at::mm_out(dp, gt, wmat);  // (pixels, K): each patch's gradient
       const acc_t* dpp = dp.const_data_ptr<acc_t>();
-      scalar_t* gi = grad_input.data_ptr<scalar_t>();
-      const auto gs = grad_input.strides();
+      acc_t* ra = ring_acc.data_ptr<acc_t>();
       const int64_t n0 = p0 / S, n1 = (p1 - 1) / S + 1;
       // Units of (sample, block of channels): one channel for NCHW, 32 adjacent ones when they
       // are contiguous. Every element gets its contributions in (pixel, ky, kx) order whatever
@@ -285,7 +332,6 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
       at::parallel_for(n0 * blocks, n1 * blocks, grain, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
           const int64_t n = t / blocks, c0 = t % blocks * cb, c1 = std::min(g.c, c0 + cb);
-          scalar_t* sample = gi + n * gs[0];
           for (int64_t p = std::max(p0, n * S); p < std::min(p1, (n + 1) * S); ++p) {
             const int64_t iy0 = bp.oy[p % S] * g.sh, ix0 = bp.ox[p % S] * g.sw;
             const acc_t* src = dpp + (p - p0) * K;
@@ -295,17 +341,39 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
               for (int64_t kx = 0; kx < g.kw; ++kx) {
                 const int64_t ix = ix0 + kx, sc = m.col[ix];
                 if (sc < 0 || (!m.row_ring[iy] && !m.col_ring[ix])) continue;
-                scalar_t* px = sample + sr * gs[2] + sc * gs[3];
-                for (int64_t c = c0; c < c1; ++c) {
-                  scalar_t& dst = px[c * gs[1]];
-                  dst = static_cast<acc_t>(dst) + src[patch_column(g, taps_first, c, ky, kx)];
-                }
+                const int64_t slot = slots.slot(sr, sc);
+                for (int64_t c = c0; c < c1; ++c)
+                  ra[acc_offset(n, slot, c)] += src[patch_column(g, taps_first, c, ky, kx)];
               }
             }
           }
         }
       });
     }
+    if (!grad_input.defined()) return;
+    // Z^T G (already in grad_input) + the ring terms, rounded once.
+    const acc_t* ra = ring_acc.const_data_ptr<acc_t>();
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    const auto gs = grad_input.strides();
+    const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, T));
+    at::parallel_for(0, g.n * g.c, grain, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / g.c, c = t % g.c;
+        scalar_t* plane = gi + n * gs[0] + c * gs[1];
+        auto add = [&](int64_t r, int64_t col) {
+          scalar_t& dst = plane[r * gs[2] + col * gs[3]];
+          const acc_t ring = ra[acc_offset(n, slots.slot(r, col), c)];
+          dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + ring);
+        };
+        for (int64_t r = 0; r < g.h; ++r) {
+          if (slots.row_slot[r] >= 0) {
+            for (int64_t col = 0; col < g.w; ++col) add(r, col);
+          } else {
+            for (const int64_t col : slots.cols) add(r, col);
+          }
+        }
+      }
+    });
   });
   if (gw.defined()) {
     const auto corr = taps_first ? gw.view({g.o, g.kh, g.kw, g.c}).permute({0, 3, 1, 2})

@@ -12,8 +12,9 @@ import torch
 
 from stylize_fast import testing
 from stylize_fast.ops import padded_conv_reference as ref
+from stylize_fast.ops.common import PADDING_MODE_NAMES
 
-MODES = {0: "zeros", 1: "reflect", 2: "replicate"}
+MODES = {int(code): name for name, code in PADDING_MODE_NAMES.items()}  # kernel code -> name
 
 
 class Geometry(NamedTuple):
