@@ -3,8 +3,9 @@
 //
 // Why C++ and not torch.library.register_autograd: the Python registration runs Python on every
 // call, even under no_grad, and more per forward+backward. On the small planes of a
-// generator's deep layers that is a visible share of the op (docs/kernel_measurements.md). The semantics are those of the Python registration
-// it replaces (ops/instance_norm.py, ops/padded_conv.py keep it for the Triton ops):
+// generator's deep layers that is a visible share of the op (docs/benchmarks.md). The
+// semantics are those of the Python registration it replaces (ops/instance_norm.py and
+// ops/padded_conv.py keep it for the Triton ops):
 //   instance_norm_fwd  saves input, weight, bias, mean, rstd (not the output); mean and rstd are
 //                      not differentiable; the backward recomputes the activation mask.
 //   padded_conv2d_fwd  saves input and weight.

@@ -382,7 +382,7 @@ int64_t last_level_cache_bytes() {
 // Outputs at least this large are written with streaming stores: the input (at least as large)
 // and the output together exceed the last-level cache, so the output's first lines are evicted
 // before a consumer could read them, and streaming saves reading every output line before
-// overwriting it. Measured against a clone of the input (docs/kernel_measurements.md): streamed
+// overwriting it. Measured against a clone of the input (docs/benchmarks.md): streamed
 // wins for outputs of twice the cache, cold or warm, while an output of a quarter of it is
 // faster cached when warm, so the line is not lower. STYLIZE_FAST_CPU_STREAM_BYTES overrides it
 // (tests set 0 to cover the streaming path).

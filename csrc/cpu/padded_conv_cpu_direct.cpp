@@ -148,13 +148,13 @@ int64_t group_size(const KernelTable& kernel, const Geometry& g) {
 // memory anyway, and the write then costs no read for ownership.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 // Fewest output channels for the channels-in-lanes kernel: with fewer the output-columns-in-
-// lanes blocks run faster (measured on AVX2 and AVX-512, docs/kernel_measurements.md).
+// lanes blocks run faster (measured on AVX2 and AVX-512, docs/benchmarks.md).
 constexpr int64_t kLanesMinOut = 16;
 
 }  // namespace
 
 // Where the library keeps up (measured, 2 threads on an AVX-512 machine, Zen 4; the figures are
-// in docs/kernel_measurements.md), the layer stays with it.
+// in docs/benchmarks.md), the layer stays with it.
 bool direct_applies(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
   if (g.sh != g.sw || (g.sh != 1 && g.sh != 2)) return false;  // stride 1 or 2

@@ -136,7 +136,7 @@ void pack_grad_row(const scalar_t* gy, const int64_t* gs, const Geometry& g, int
 }  // namespace
 
 // Where it was measured faster than the library's weight gradient plus the border corrections
-// (2 threads, AVX-512; figures in docs/kernel_measurements.md): 1, 3, 4 and 8 outputs, 16-256
+// (2 threads, AVX-512; figures in docs/benchmarks.md): 1, 3, 4 and 8 outputs, 16-256
 // inputs, 3x3 / 5x5 / 9x9, stride 1 and 2, float32 and bfloat16, NCHW and channels_last,
 // and Johnson's 9x9 32->3 layer. 1x1 kernels are one GEMM for the library; float64
 // needs float64 arithmetic, which this kernel does not do.

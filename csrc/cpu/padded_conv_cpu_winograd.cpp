@@ -92,12 +92,12 @@ bool winograd_applies(const Geometry& g, at::ScalarType dtype) {
 bool winograd_pays(const Geometry& g, at::ScalarType dtype) {
   // bfloat16 tensors run float32 arithmetic here, against the library's bfloat16 convolution
   // at twice the float32 rate: only wide channels_last layers gain (measured against eager
-  // F.pad + conv2d; figures in docs/kernel_measurements.md); NCHW loses.
+  // F.pad + conv2d; figures in docs/benchmarks.md); NCHW loses.
   if (dtype == at::kBFloat16) return g.channels_last && g.c >= 64 && g.o >= 64;
   // The transforms cost O(C + O) per tile, the GEMMs save O(C * O): with few channels the
   // library wins. channels_last feeds the transforms whole channel vectors (faster than the
   // library from 16 channels up); other layouts are packed a few rows at a time first, which
-  // only layers with 64 channels and more on both sides repay (docs/kernel_measurements.md).
+  // only layers with 64 channels and more on both sides repay (docs/benchmarks.md).
   if (g.channels_last) return g.c >= 16 && g.o >= 16;
   return g.c >= 64 && g.o >= 64;
 }
