@@ -176,7 +176,7 @@ setup(
     cmdclass=cmdclass,
     install_requires=[
         # Bounded: an unbounded torch requirement pulls a multi-GB CUDA build on CPU machines.
-        "torch>=2.6,<2.15",
+        "torch>=2.13,<=2.14.1",
         "numpy",
         "pillow",
         "tqdm",

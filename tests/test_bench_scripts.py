@@ -89,3 +89,20 @@ def test_csv_of_another_layout_is_refused(tmp_path):
                   "--allocator", "pinned", "--csv", str(old))
     assert result.returncode != 0
     assert "other columns" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not sf.backends.available()["cpu"], reason="C++ extension not built")
+def test_compare_builds_times_both_trees(tmp_path):
+    """compare_builds.py with this checkout as both trees: one row per case, a ratio per tree,
+    and a missing tree is refused naming it."""
+    root = str(BENCHMARKS.parent)
+    out = tmp_path / "cmp.csv"
+    result = _run("compare_builds.py", root, root, "--smoke", "--processes", "1", "--repeats", "1",
+                  "--csv", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 7
+    for row in rows:
+        assert float(row["baseline_ratio"]) > 0 and float(row["candidate_ratio"]) > 0
+    bad = _run("compare_builds.py", str(tmp_path))
+    assert bad.returncode != 0 and "baseline tree" in bad.stderr and "no stylize_fast" in bad.stderr
