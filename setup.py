@@ -58,6 +58,10 @@ def _cuda_home(cpp_extension) -> str | None:
     return None
 
 
+# Architectures of a forced CUDA build on a machine without a GPU (A100, H100).
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
 def _want_cuda(torch, cpp_extension) -> tuple[bool, str]:
     """Decide whether to compile csrc/cuda; returns (build?, reason in one line)."""
     force, never = _flag("STYLIZE_FAST_FORCE_CUDA"), _flag("STYLIZE_FAST_NO_CUDA")
@@ -77,6 +81,15 @@ def _want_cuda(torch, cpp_extension) -> tuple[bool, str]:
         if force:
             sys.exit("setup.py: STYLIZE_FAST_FORCE_CUDA=1 but cannot build CUDA: " + "; ".join(problems))
         return False, "CPU-only build (" + "; ".join(problems) + ")"
+    # torch's builder takes the architectures from TORCH_CUDA_ARCH_LIST, else from the visible
+    # GPUs; with neither it fails deep inside (an isolated `pip install .` on a GPU-less machine
+    # with nvcc gets there). Automatic builds then stay CPU-only; forced ones take a default.
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() and not torch.cuda.is_available():
+        if not force:
+            return False, ("CPU-only build (no GPU visible and TORCH_CUDA_ARCH_LIST unset: no CUDA "
+                           "architecture to build for; set TORCH_CUDA_ARCH_LIST, e.g. "
+                           f"'{DEFAULT_CUDA_ARCHS}', or STYLIZE_FAST_FORCE_CUDA=1)")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
     # torch's builder reads its module-level CUDA_HOME when it compiles and links.
     cpp_extension.CUDA_HOME = cuda_home
     os.environ["CUDA_HOME"] = cuda_home
