@@ -5,17 +5,36 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 
 import torch
 
 NAMESPACE = "stylize_fast"
 
 
+def _built_against() -> str | None:
+    """The torch version setup.py recorded for this build, if any."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_build_info.json")) as f:
+            return json.load(f).get("torch")
+    except (OSError, ValueError):
+        return None
+
+
 def _load() -> str | None:
     try:
         from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
     except ImportError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
+        built = _built_against()
+        if built and built != torch.__version__:
+            # Typically an isolated `pip install .`: the build env fetched another torch. Every op
+            # would quietly run the reference backend, so say it once here.
+            error = (f"the extension was built against torch {built} but torch {torch.__version__} "
+                     "is running; rebuild it with `pip install --no-build-isolation .` "
+                     f"({error})")
+            warnings.warn(f"stylize_fast: {error}", RuntimeWarning, stacklevel=2)
+        return error
     if not hasattr(torch.ops.stylize_fast, "set_option"):
         # Options reach C++ through this op (stylize_fast/config.py); an older build lacks it.
         return "the compiled extension is older than this package (no set_option op); rebuild it"
