@@ -166,8 +166,9 @@ def machine_line(rows: list[Row]) -> str:
     """The command and the machine, stated once above a table."""
     r = rows[0]
     commands = sorted({r.get("command", "") for r in rows if r.get("command")})
+    # The day only: README describes the package, not a session (the CSV keeps the full time).
     stamps = sorted(r.get("timestamp", "") for r in rows if r.get("timestamp"))
-    when = stamps[0][:16].replace("T", " ") + " UTC" if stamps else "?"
+    when = f"measured {stamps[0][:10]}" if stamps else "date not recorded"
     cmd = "; ".join(f"`{c}`" for c in commands) or "(command not recorded)"
     return (f"{cmd} — {r.get('cpu_model', '?')}, {r.get('device', '?')}, "
             f"{r.get('threads', '?')} threads, torch {r.get('torch_version', '?')}, "
