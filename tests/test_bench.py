@@ -150,6 +150,8 @@ def test_suites_are_consistent():
     assert {c.mode for c in full if c.op == "instance_norm"} == set(suite.MODES)
     assert {c.layout for c in full if c.op == "instance_norm"} == set(suite.LAYOUTS)
     assert any(c.op == "generator" for c in quick)
+    assert any(c.op == "train" for c in quick)
+    assert {c.dtype for c in full if c.op == "train"} == {"float32", "bfloat16"}
 
 
 def test_allocator_subprocess_env():
@@ -254,3 +256,37 @@ def test_cli_compile_ops_parses():
     args = build_parser().parse_args(["bench", "--compile-ops", "generator,instance_norm",
                                       "--time-limit", "5", "--threads", "1"])
     assert args.compile_ops == ["generator", "instance_norm"] and args.time_limit == 5.0
+
+
+def test_cli_ops_are_the_suite_ops():
+    from stylize_fast.commands import bench as bench_command
+
+    assert bench_command._OPS == suite.OPS
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_training_step_providers(dtype):
+    """``--ops train``: the examples step (float32) is the baseline; a bfloat16 case adds the
+    examples step under autocast; ours runs the fused model; every step really trains (the
+    generator's weights get gradients) and each provider's row is timed."""
+    from stylize_fast.bench import train
+
+    case = Case("train", (1, 3, 32, 32), dtype, "contiguous", "forward+backward",
+                (("arch", "johnson"),))
+    provs = {p.name: p for p in train.providers(case, "cpu")}
+    expected = {"examples", "sf fused"} | ({"examples + bfloat16 autocast"}
+                                            if dtype == "bfloat16" else set())
+    assert set(provs) == expected
+    assert [p.name for p in provs.values() if p.baseline] == ["examples"]
+    fused = provs["sf fused"].build()
+    loss = fused.step()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in fused.module.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(type(m).__name__ == "FusedInstanceNorm2d" for m in fused.module.modules())
+    result = bench.run_bench([case], None, repeats=2, warmup=0, isolate=False,
+                             pin_allocator=False, log=lambda s: None)
+    rows = {r["provider"]: r for r in result.rows}
+    assert set(rows) == expected
+    assert all(r["status"] == "ok" and float(r["median_ms"]) > 0 for r in rows.values())
+    assert float(rows["examples"]["ratio_to_baseline"]) == 1.0

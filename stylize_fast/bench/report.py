@@ -77,6 +77,9 @@ def case_label(r: dict) -> str:
     params = dict(p.split("=", 1) for p in str(r.get("params", "")).split() if "=" in p)
     if r["op"] == "generator":
         return f"{params.get('arch', '')} {r['shape']} {r['dtype']}".strip()
+    if r["op"] == "train":
+        layout = "NHWC" if r["layout"] == "channels_last" else "NCHW"
+        return f"train step {r['shape']} {r['dtype']} {layout}"
     layout = {"contiguous": "NCHW", "channels_last": "NHWC"}.get(r["layout"], r["layout"])
     mode = {"forward+backward": "fwd+bwd"}.get(r["mode"], r["mode"])
     geometry = ""
@@ -165,8 +168,8 @@ def plotted(r: dict) -> bool:
         return False
     if _truthy(r.get("baseline")) or r.get("backend") in _PLOTTED_BACKENDS:
         return True
-    # A half-precision generator case also shows the eager model in its own dtype.
-    return r["op"] == "generator" and r.get("backend") == "torch"
+    # A half-precision generator or training case also shows the eager model in its own dtype.
+    return r["op"] in ("generator", "train") and r.get("backend") == "torch"
 
 
 def _ratio_with_spread(r: dict, column: str) -> tuple[float, float, float]:

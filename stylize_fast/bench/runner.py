@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from . import allocator, generators, instance_norm, machine, padded_conv
+from . import allocator, generators, instance_norm, machine, padded_conv, train
 from .suite import Case, Prepared, Provider, Skip
 from .timing import Timing, measure
 
 OP_MODULES = {"instance_norm": instance_norm, "padded_conv2d": padded_conv,
-              "generator": generators}
+              "generator": generators, "train": train}
 
 Log = Callable[[str], None]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-OPS = ("instance_norm", "padded_conv2d", "generator")
+OPS = ("instance_norm", "padded_conv2d", "generator", "train")
 MODES = ("forward", "forward+backward", "inference")
 LAYOUTS = ("contiguous", "channels_last")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -168,6 +168,12 @@ def _round_robin(*lists: list[Case]) -> list[Case]:
     return out
 
 
+def _train_cases(shapes, dtypes) -> list[Case]:
+    """One training step (JohnsonNet + the examples' VGG-16 loss + Adam) per batch shape."""
+    return [Case("train", shape, d, "contiguous", "forward+backward", _params(arch="johnson"))
+            for shape in shapes for d in dtypes]
+
+
 def quick() -> list[Case]:
     """The default run: the Johnson net's norm and conv shapes at 256x256, one generator case;
     ops in turn (see :func:`_round_robin`)."""
@@ -178,7 +184,8 @@ def quick() -> list[Case]:
         + _norm_cases(norms[:1], ["float32"], ["channels_last"], ["inference"]),
         _conv_cases([((1, 3, 256, 256), 32, 9, 1), ((1, 128, 64, 64), 128, 3, 1)],
                     ["float32"], ["contiguous"], ["inference"]),
-        _generator_cases(["johnson"], [256], [1], ["float32"]))
+        _generator_cases(["johnson"], [256], [1], ["float32"]),
+        _train_cases([(1, 3, 128, 128)], ["float32"]))
 
 
 def full() -> list[Case]:
@@ -191,7 +198,8 @@ def full() -> list[Case]:
             + _conv_cases(convs, ["float32", "bfloat16"], list(LAYOUTS),
                           ["inference", "forward+backward"])
             + _generator_cases(["johnson", "texture"], [256, 512, 1024], [1, 4],
-                               ["float32", "bfloat16"]))
+                               ["float32", "bfloat16"])
+            + _train_cases([(4, 3, 256, 256)], ["float32", "bfloat16"]))
 
 
 SUITES: dict[str, Callable[[], list[Case]]] = {"tiny": tiny, "quick": quick, "full": full}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "benchmark the fused ops and generators against PyTorch's native layers"
+HELP = "benchmark the fused ops, generators and training step against PyTorch's own"
 
-_OPS = ("instance_norm", "padded_conv2d", "generator")
+_OPS = ("instance_norm", "padded_conv2d", "generator", "train")  # = bench.suite.OPS
 
 
 def _csv_list(choices: tuple[str, ...]):
