@@ -72,7 +72,10 @@ def run_bench(
     t0 = time.perf_counter()
     cases = list(cases)
     if command is None:
-        command = " ".join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
+        program = os.path.basename(sys.argv[0]) or "python"
+        if program == "__main__.py":  # python -m stylize_fast: the same as the console script
+            program = "stylize-fast"
+        command = " ".join([program, *sys.argv[1:]])
     if not isolate and pin_allocator:
         allocator.pin()
     log(f"machine: {machine.describe(machine.collect(device))}")
