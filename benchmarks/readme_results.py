@@ -12,9 +12,12 @@ Areas and what they hold (each case under both allocator settings, one process p
 * ``padded_conv``: the generators' convolution layers (benchmarks/bench_padded_conv.py's) in
   NCHW and NHWC, inference and forward+backward, with peak memory;
 * ``generators``: JohnsonNet and TextureNet at 512x512, float32 and bfloat16, with torch.compile
-  + freezing, onnxruntime and OpenVINO where installed, PSNR and the profile split.
+  + freezing, onnxruntime and OpenVINO where installed, PSNR and the profile split;
+* ``training``: one training step (generator, VGG-16 loss of the PyTorch examples, backward,
+  Adam) at batch 4, 256x256, JohnsonNet and TextureNet, float32 and bfloat16 autocast, against
+  the examples' eager float32 step, with peak memory and the split of the step.
 
-Sized for about 10-15 minutes on 2 CPU cores: every area has a time limit after which it starts no
+Sized for about 20-25 minutes on 2 CPU cores: every area has a time limit after which it starts no
 new case (the most telling cases come first; what did not run is logged). ``--smoke`` runs tiny
 shapes with 2 rounds, to check the machinery in a minute.
 """
@@ -30,9 +33,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from stylize_fast.bench import run_bench, write_outputs  # noqa: E402
 from stylize_fast.bench.suite import Case, conv_params, johnson_norm_shapes  # noqa: E402
 
-AREAS = ("instance_norm", "padded_conv", "generators")
+AREAS = ("instance_norm", "padded_conv", "generators", "training")
 # Seconds after which an area starts no new case (both allocator settings together).
-TIME_LIMITS = {"instance_norm": 180.0, "padded_conv": 270.0, "generators": 360.0}
+TIME_LIMITS = {"instance_norm": 180.0, "padded_conv": 270.0, "generators": 360.0,
+               "training": 600.0}
 CONV_LAYERS = [((1, 3, 512, 512), 32, 9, 1), ((1, 128, 128, 128), 128, 3, 1),
                ((1, 64, 256, 256), 64, 3, 1), ((4, 32, 256, 256), 64, 3, 2),
                ((1, 32, 512, 512), 3, 9, 1)]
@@ -62,6 +66,12 @@ def parts(area: str, smoke: bool) -> list[tuple[list[Case], dict]]:
                        (("arch", arch),))
                   for arch in ("johnson", "texture") for dtype in ("float32", "bfloat16")],
                  {"compile": not smoke, "budget_s": 25.0})]
+    if area == "training":
+        size = 32 if smoke else 256
+        return [([Case("train", (1 if smoke else 4, 3, size, size), dtype, "contiguous",
+                       "forward+backward", (("arch", arch),))
+                  for arch in ("johnson", "texture") for dtype in ("float32", "bfloat16")],
+                 {"memory": True, "budget_s": 40.0})]
     raise ValueError(f"unknown area {area!r}; expected one of {AREAS}")
 
 

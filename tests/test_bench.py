@@ -290,3 +290,40 @@ def test_training_step_providers(dtype):
     assert set(rows) == expected
     assert all(r["status"] == "ok" and float(r["median_ms"]) > 0 for r in rows.values())
     assert float(rows["examples"]["ratio_to_baseline"]) == 1.0
+
+
+@pytest.mark.parametrize("arch", ["johnson", "texture"])
+def test_training_step_split_and_configuration(arch):
+    """Ours runs the configuration `stylize-fast train` uses (fused generator, the loss network on
+    the package kernels, channels_last), the baseline the examples' eager one; the split of a
+    step covers every phase and the run writes it as profile rows for the train op."""
+    from stylize_fast.bench import train
+
+    case = Case("train", (1, 3, 32, 32), "float32", "contiguous", "forward+backward",
+                (("arch", arch),))
+    provs = {p.name: p for p in train.providers(case, "cpu")}
+    ours, base = provs["sf fused"].build(), provs["examples"].build()
+    seen = {}
+
+    def spy(name):
+        def hook(module, args):
+            seen[name] = args[0].is_contiguous(memory_format=torch.channels_last)
+        return hook
+
+    handles = [ours.module.register_forward_pre_hook(spy("ours")),
+               base.module.register_forward_pre_hook(spy("base"))]
+    ours.step()
+    base.step()
+    for h in handles:
+        h.remove()
+    assert seen == {"ours": True, "base": False}
+    assert train._loss(32, "cpu", False).vgg.kernels == "package"
+    assert train._loss(32, "cpu", True).vgg.kernels == "eager"
+    split = ours.split()
+    assert set(split) == set(train.SPLIT_CATEGORIES)
+    assert all(v >= 0 for v in split.values())
+    assert split["loss network"] > 0 and split["generator conv"] > 0 and split["optimizer"] > 0
+    result = bench.run_bench([case], None, repeats=2, warmup=0, isolate=False,
+                             pin_allocator=False, log=lambda s: None)
+    cats = {(r["provider"], r["category"]) for r in result.profile_rows}
+    assert cats == {(p, c) for p in provs for c in train.SPLIT_CATEGORIES}

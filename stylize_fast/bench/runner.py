@@ -103,7 +103,8 @@ def run_case(case: Case, *, device: str = "cpu", compile: bool = False, warmup: 
             if not isinstance(timings.get(name), Timing):
                 continue
             try:
-                split = generators.profile_split(prep.step, device, module=prep.module)
+                split = (prep.split() if prep.split is not None else
+                         generators.profile_split(prep.step, device, module=prep.module))
             except Exception as exc:
                 log(f"  profile of {name} failed: {_fmt_exc(exc)}")
                 continue
@@ -179,8 +180,9 @@ def run_cases(cases: Iterable[Case], *, device: str = "cpu", compile: bool | lis
         t0 = time.perf_counter()
         # compile: True/False for every case, or the ops that get torch.compile providers.
         on = compile if isinstance(compile, bool) else case.op in compile
+        profile = profile_generators and case.op in ("generator", "train")
         r, p = run_case(case, device=device, compile=on, warmup=warmup, repeats=repeats,
-                        budget_s=budget_s, profile=profile_generators and case.op == "generator",
+                        budget_s=budget_s, profile=profile,
                         memory=memory, log=log)
         log(f"[{i}/{len(cases)}] {case.op} {case.shape_str} {case.params_str} {case.dtype} "
             f"{case.layout} {case.mode}: {time.perf_counter() - t0:.1f} s")

@@ -93,6 +93,8 @@ class Prepared:
     step: Callable[[], object]
     forward: Callable[[int], object] | None = None
     module: torch.nn.Module | None = None  # eager model, for per-layer profile ranges
+    # The step's own profile split (seconds per category), where the op defines one.
+    split: Callable[[], dict[str, float]] | None = None
 
 
 @dataclass
@@ -168,10 +170,10 @@ def _round_robin(*lists: list[Case]) -> list[Case]:
     return out
 
 
-def _train_cases(shapes, dtypes) -> list[Case]:
-    """One training step (JohnsonNet + the examples' VGG-16 loss + Adam) per batch shape."""
-    return [Case("train", shape, d, "contiguous", "forward+backward", _params(arch="johnson"))
-            for shape in shapes for d in dtypes]
+def _train_cases(shapes, dtypes, archs=("johnson",)) -> list[Case]:
+    """One training step (generator + the examples' VGG-16 loss + Adam) per batch shape."""
+    return [Case("train", shape, d, "contiguous", "forward+backward", _params(arch=arch))
+            for arch in archs for shape in shapes for d in dtypes]
 
 
 def quick() -> list[Case]:
@@ -199,7 +201,7 @@ def full() -> list[Case]:
                           ["inference", "forward+backward"])
             + _generator_cases(["johnson", "texture"], [256, 512, 1024], [1, 4],
                                ["float32", "bfloat16"])
-            + _train_cases([(4, 3, 256, 256)], ["float32", "bfloat16"]))
+            + _train_cases([(4, 3, 256, 256)], ["float32", "bfloat16"], ("johnson", "texture")))
 
 
 SUITES: dict[str, Callable[[], list[Case]]] = {"tiny": tiny, "quick": quick, "full": full}
