@@ -182,7 +182,9 @@ def test_cache_is_skipped_over_budget(images, tmp_path, monkeypatch):
         assert need < 2**20
         trainer_mod.make_dataset(files, 32, 0, info)
     assert len(built) == 1
-    monkeypatch.setattr(DecodedImages, "decoded_bytes", staticmethod(lambda f, s: 2**20 + 1))
+    assert DecodedImages.decoded_bytes(files, 32, limit=100) < need  # stops early
+    monkeypatch.setattr(DecodedImages, "decoded_bytes",
+                        staticmethod(lambda f, s, limit=None: 2**20 + 1))
     with sf.config.override(train_cache_mb=1):
         ds = trainer_mod.make_dataset(files, 32, 0, info)
     assert ds.cache is None and len(built) == 1

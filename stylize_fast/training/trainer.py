@@ -327,14 +327,16 @@ def make_dataset(files: list[str], image_size: int, workers: int,
     worker decodes nothing. (Filled inside the workers instead, each would hold its own copy.)
     """
     budget = cache_budget_bytes()
-    need = DecodedImages.decoded_bytes(files, image_size) if budget else 0
+    need = DecodedImages.decoded_bytes(files, image_size, limit=budget) if budget else 0
     if not budget or need > budget:
         if budget:
-            _log(f"content images: {need / 2**20:.0f} MB decoded, over train_cache_mb="
-                 f"{budget // 2**20}; decoding per item", info)
+            _log(f"content images: more than train_cache_mb={budget // 2**20} decoded; "
+                 f"decoding per item", info)
         return ContentImages(files, image_size)
     start = time.perf_counter()
-    cache = DecodedImages.build(files, image_size, threads=max(1, workers))
+    # Nothing else runs yet: decode on every core this process may use.
+    threads = max(1, (os.cpu_count() or 1) // info.world_size)
+    cache = DecodedImages.build(files, image_size, threads=threads)
     if workers > 0 and _worker_start_method() != "fork":
         cache.share_memory_()  # spawn / forkserver would pickle a copy per worker otherwise
     _log(f"content images: cached decoded ({cache.nbytes / 2**20:.0f} MB, "
