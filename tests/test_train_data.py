@@ -138,15 +138,19 @@ def test_cache_gives_bitwise_the_items_of_decoding(images):
 
 
 @pytest.mark.filterwarnings("ignore:skipping unreadable image")
-@pytest.mark.parametrize("workers", [0, 2])
-def test_cached_and_uncached_loaders_give_identical_batches(images, workers):
+@pytest.mark.parametrize("workers,start_method", [(0, None), (2, "fork"), (1, "spawn")])
+def test_cached_and_uncached_loaders_give_identical_batches(images, workers, start_method):
     files, _ = find_images(images["data"])
     cache = DecodedImages.build(files, 32)
+    if start_method == "spawn":  # the workers get a shared-memory handle, not a pickled copy
+        cache.share_memory_()
+        assert cache.pixels.is_shared()
     batches = {}
     for name, ds in (("plain", ContentImages(files, 32)), ("cached", ContentImages(files, 32, cache))):
         sampler = ResumableBatchSampler(len(files), 3, seed=9, start=0, stop=7)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers,
-                                             persistent_workers=workers > 0)
+                                             persistent_workers=workers > 0,
+                                             multiprocessing_context=start_method)
         batches[name] = list(loader)
     assert len(batches["plain"]) == 7
     for a, b in zip(batches["plain"], batches["cached"]):

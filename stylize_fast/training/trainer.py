@@ -338,7 +338,11 @@ def make_dataset(files: list[str], image_size: int, workers: int,
     threads = max(1, (os.cpu_count() or 1) // info.world_size)
     cache = DecodedImages.build(files, image_size, threads=threads)
     if workers > 0 and _worker_start_method() != "fork":
-        cache.share_memory_()  # spawn / forkserver would pickle a copy per worker otherwise
+        try:  # spawn / forkserver would pickle a copy per worker otherwise
+            cache.share_memory_()
+        except RuntimeError as exc:  # e.g. a small /dev/shm in a container
+            _log(f"content images: cache not in shared memory ({exc}); each worker gets a copy",
+                 info)
     _log(f"content images: cached decoded ({cache.nbytes / 2**20:.0f} MB, "
          f"{time.perf_counter() - start:.1f} s)", info)
     return ContentImages(files, image_size, cache=cache)
