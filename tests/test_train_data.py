@@ -109,6 +109,7 @@ def test_log_history_and_progress_bar_report_data_wait(images, tmp_path, capsys)
         assert e["data_seconds"] == result.history[e["iteration"] - 1]["data_seconds"]
     err = capsys.readouterr().err
     assert "data=" in err and "%" in err.split("data=")[-1][:5]
+    assert "data wait: " in err and "of the step time (6 iterations, 0 workers, decoded cache)" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -629,6 +629,12 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
                 break
     bar.close()
     del batches, loader  # stop the workers (and free their pages) before the final save
+    if history:
+        waited = sum(h["data_seconds"] for h in history) / max(sum(h["seconds"] for h in history),
+                                                                 1e-12)
+        _log(f"data wait: {min(waited, 1.0):.1%} of the step time ({len(history)} iterations, "
+             f"{config.workers} workers{', decoded cache' if dataset.cache is not None else ''})",
+             info)
 
     ddp.broadcast_buffers(model, info)
     if info.enabled and not ddp.replicas_identical(model, info):
