@@ -25,6 +25,9 @@ Variable                           Option                Values (unset: the auto
                                                          defaults
 ``STYLIZE_FAST_BENCH_THREADS``     ``bench_threads``     unset or a positive integer: torch threads in a
                                                          benchmark worker process
+``STYLIZE_FAST_TRAIN_CACHE_MB``    ``train_cache_mb``    unset (1024) or an integer >= 0: training keeps
+                                                         its content images decoded in memory when they fit
+                                                         in this many MiB (per process); 0: never
 ``STYLIZE_FAST_LARGE``             ``large``             ``0`` / ``1``: the test suite adds large shapes (for
                                                          a GPU machine)
 =================================  ====================  =====================================================
@@ -131,6 +134,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("winograd_block", "STYLIZE_FAST_WINOGRAD_BLOCK", _integer(1), None, cpp=True),
     Option("no_malloc_tuning", "STYLIZE_FAST_NO_MALLOC_TUNING", _flag, False),
     Option("bench_threads", "STYLIZE_FAST_BENCH_THREADS", _integer(1), None),
+    Option("train_cache_mb", "STYLIZE_FAST_TRAIN_CACHE_MB", _integer(0), None),
     Option("large", "STYLIZE_FAST_LARGE", _flag, False),
 )}
 

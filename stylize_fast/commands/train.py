@@ -18,6 +18,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", required=True, metavar="IMAGE", help="style image")
     parser.add_argument("--data", required=True, metavar="DIR",
@@ -52,12 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="e.g. relu2_2 (overrides the preset)")
     parser.add_argument("--style-layers", default=None, metavar="L,L,...",
                         help="e.g. relu1_2,relu2_2,relu3_3,relu4_3 (overrides the preset)")
-    parser.add_argument("--workers", type=int, default=2, metavar="N",
-                        help="data-loader worker processes")
+    parser.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
+                        help="data-loader worker processes that decode, resize and crop ahead of "
+                             "the step (default: 2, at most the CPU count - 1). A data set whose "
+                             "decoded images fit STYLIZE_FAST_TRAIN_CACHE_MB (default 1024; 0: "
+                             "off) is decoded once up front and the workers only crop")
     parser.add_argument("--amp", nargs="?", const="auto", default=None,
                         choices=("auto", "bfloat16", "float16"),
-                        help="mixed precision; alone: bfloat16 on CPU, float16 on GPU")
-    parser.add_argument("--channels-last", action="store_true")
+                        help="mixed precision (default: float32); alone: float16 on GPU, "
+                             "bfloat16 on a CPU with AVX512-BF16 (float32 on other CPUs). "
+                             "Weights, optimizer state and losses stay float32")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="train in the channels_last memory format (batch, weights, "
+                             "activations); default: on for --norm fused, whose kernels are "
+                             "channels_last-native; a resumed run keeps its checkpoint's choice")
     parser.add_argument("--sample-every", type=_positive_int, default=500, metavar="N")
     parser.add_argument("--log-every", type=_positive_int, default=50, metavar="N")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")

@@ -4,6 +4,10 @@ is a pure function of (seed, iteration, rank, world size) so that --resume is ex
 Every randomness of the data pipeline (which images, which crop) comes from generators seeded
 by (seed, epoch) and (seed, epoch, position), never from worker or global RNG state; a resumed
 run, with any number of workers, sees exactly the batches an uninterrupted run would.
+
+A data set whose decoded, resized images fit a budget is decoded once (:class:`DecodedImages`,
+one flat uint8 tensor) and every item is then a crop of it: the same pixels as decoding per
+item, without the decode.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import random
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -65,11 +70,15 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
 
 
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` after :func:`resize_short_side` to ``size``."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
-    w, h = image.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    return image if new == (w, h) else image.resize(new, Image.BICUBIC)
+    new = resized_size(*image.size, size)
+    return image if new == image.size else image.resize(new, Image.BICUBIC)
 
 
 def load_style(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
@@ -85,43 +94,150 @@ def load_style(path: str | os.PathLike, size: int | None = None) -> torch.Tensor
     return to_tensor(image).unsqueeze(0)
 
 
+def _crop_origin(width: int, height: int, size: int, crop_seed: int | None) -> tuple[int, int]:
+    """``(left, top)`` of the ``size`` crop: drawn from ``crop_seed``, or centred for None."""
+    if crop_seed is None:
+        return (width - size) // 2, (height - size) // 2
+    rng = random.Random(crop_seed)
+    return rng.randint(0, width - size), rng.randint(0, height - size)
+
+
+def _decode_resized(path: str, size: int) -> Image.Image:
+    return resize_short_side(load_rgb(path), size)
+
+
+class DecodedImages:
+    """Every image of a data set decoded and resized once, as uint8 RGB rows.
+
+    All pixels live in ONE flat uint8 tensor (plus int64 offsets and shapes): DataLoader workers
+    forked after it is built read it without copying (a list of per-image arrays would have its
+    pages copied as the workers touch the objects' reference counts). ``bad`` marks files that
+    failed to decode; :class:`ContentImages` skips them as it would without the cache.
+    """
+
+    def __init__(self, pixels: torch.Tensor, offsets: torch.Tensor, shapes: torch.Tensor,
+                 bad: torch.Tensor) -> None:
+        self.pixels, self.offsets, self.shapes, self.bad = pixels, offsets, shapes, bad
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel()
+
+    def image(self, index: int) -> np.ndarray:
+        """Image ``index`` as an ``(H, W, 3)`` uint8 view (no copy)."""
+        h, w = (int(v) for v in self.shapes[index])
+        start = int(self.offsets[index])
+        return self.pixels.numpy()[start:start + h * w * 3].reshape(h, w, 3)
+
+    def share_memory_(self) -> DecodedImages:
+        """Move the pixels to shared memory, so that workers started by spawn or forkserver
+        receive a handle instead of a pickled copy."""
+        self.pixels.share_memory_()
+        return self
+
+    @staticmethod
+    def decoded_bytes(files: Sequence[str], image_size: int, limit: int | None = None) -> int:
+        """Bytes the data set takes decoded and resized (from the files' headers only); stops
+        reading headers once the sum passes ``limit`` (a large data set is not opened twice)."""
+        total = 0
+        for path in files:
+            w, h = resized_size(*_header_size(path), image_size)
+            total += w * h * 3
+            if limit is not None and total > limit:
+                break
+        return total
+
+    @classmethod
+    def build(cls, files: Sequence[str], image_size: int, threads: int = 1) -> DecodedImages:
+        """Decode and resize every file (in ``threads`` threads: PIL releases the GIL while it
+        decodes and resamples). The result does not depend on ``threads``."""
+        sizes = [resized_size(*_header_size(path), image_size) for path in files]
+        shapes = torch.tensor([(h, w) for w, h in sizes], dtype=torch.int64).reshape(-1, 2)
+        counts = shapes[:, 0] * shapes[:, 1] * 3
+        offsets = torch.zeros(len(files) + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        pixels = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+        flat = pixels.numpy()
+        bad = torch.zeros(len(files), dtype=torch.bool)
+
+        def fill(index: int) -> None:
+            path = files[index]
+            try:
+                image = _decode_resized(path, image_size)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                warnings.warn(f"skipping unreadable image {path}: {exc}", RuntimeWarning,
+                              stacklevel=2)
+                bad[index] = True
+                return
+            arr = np.asarray(image, dtype=np.uint8)
+            if arr.shape != (int(shapes[index, 0]), int(shapes[index, 1]), 3):
+                raise RuntimeError(f"{path}: decoded size {arr.shape[1::-1]} differs from its "
+                                   f"header's")
+            flat[int(offsets[index]):int(offsets[index + 1])] = arr.reshape(-1)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            list(pool.map(fill, range(len(files))))
+        return cls(pixels, offsets, shapes, bad)
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
 class ContentImages(torch.utils.data.Dataset):
     """Items are ``(index, crop_seed)`` pairs (from :class:`ResumableBatchSampler`); returns a
     ``(3, S, S)`` float32 crop in [0, 255]: short side resized to ``S``, then a crop at a
-    position drawn from ``crop_seed`` (``crop_seed=None``: centre crop)."""
+    position drawn from ``crop_seed`` (``crop_seed=None``: centre crop).
 
-    def __init__(self, files: Sequence[str], image_size: int) -> None:
+    ``cache``: the data set already decoded at ``S`` (:meth:`DecodedImages.build`); items are
+    then crops of it, bitwise the same as without it.
+    """
+
+    def __init__(self, files: Sequence[str], image_size: int,
+                 cache: DecodedImages | None = None) -> None:
         if not files:
             raise ValueError("no readable images found for --data")
         if image_size < 8:
             raise ValueError(f"--image-size must be at least 8, got {image_size}")
+        if cache is not None and cache.shapes.shape[0] != len(files):
+            raise ValueError(f"cache holds {cache.shapes.shape[0]} images, not {len(files)}")
         self.files = list(files)
         self.image_size = int(image_size)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item: tuple[int, int | None] | int) -> torch.Tensor:
         index, crop_seed = item if isinstance(item, tuple) else (item, None)
+        s = self.image_size
+        if self.cache is not None:
+            pixels = self._cached(index)
+            left, top = _crop_origin(pixels.shape[1], pixels.shape[0], s, crop_seed)
+            crop = pixels[top:top + s, left:left + s]
+            return torch.from_numpy(crop.copy()).permute(2, 0, 1).float()
+        image = self._decoded(index)
+        left, top = _crop_origin(*image.size, s, crop_seed)
+        return to_tensor(image.crop((left, top, left + s, top + s)))
+
+    def _cached(self, index: int) -> np.ndarray:
+        # the first decodable file from ``index`` on, as _decoded picks it
+        for attempt in range(len(self.files)):
+            candidate = (index + attempt) % len(self.files)
+            if not self.cache.bad[candidate]:
+                return self.cache.image(candidate)
+        raise RuntimeError("none of the --data images could be decoded")
+
+    def _decoded(self, index: int) -> Image.Image:
         for attempt in range(len(self.files)):
             path = self.files[(index + attempt) % len(self.files)]
             try:
-                image = load_rgb(path)
-                break
+                return _decode_resized(path, self.image_size)
             except (UnidentifiedImageError, OSError, ValueError) as exc:
                 warnings.warn(f"skipping unreadable image {path}: {exc}", RuntimeWarning,
                               stacklevel=2)
-        else:
-            raise RuntimeError("none of the --data images could be decoded")
-        image = resize_short_side(image, self.image_size)
-        w, h = image.size
-        s = self.image_size
-        if crop_seed is None:
-            left, top = (w - s) // 2, (h - s) // 2
-        else:
-            rng = random.Random(crop_seed)
-            left, top = rng.randint(0, w - s), rng.randint(0, h - s)
-        return to_tensor(image.crop((left, top, left + s, top + s)))
+        raise RuntimeError("none of the --data images could be decoded")
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler):

@@ -8,6 +8,12 @@ uninterrupted one (tests/test_trainer.py checks torch.equal on every parameter).
 
 Checkpoints are written atomically (temp file in the same folder, fsync, os.replace) and read
 with ``torch.load(weights_only=True)``: they hold only tensors, dicts, lists, numbers, strings.
+
+Data never stalls the step unseen: each iteration times its wait in ``next(loader)`` (and the
+copy to the device); the progress bar shows the smoothed fraction of step time spent waiting
+(``data=3%``), and every log / history entry holds ``data_seconds`` and ``data_fraction`` (over
+the iterations since the previous log line). A data set that fits ``train_cache_mb``
+(``STYLIZE_FAST_TRAIN_CACHE_MB``, 1024 by default) is decoded once, before the workers start.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -30,7 +37,7 @@ import torch
 from torch import nn
 
 from . import distributed as ddp
-from .data import ContentImages, ResumableBatchSampler, find_images, load_style
+from .data import ContentImages, DecodedImages, ResumableBatchSampler, find_images, load_style
 from .losses import LossConfig, PerceptualLoss, loss_config, parse_layers
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -41,6 +48,9 @@ CHECKPOINT_VERSION = 1
 ARCHS = ("johnson", "texture")
 NORMS = ("batch", "instance", "fused")
 SCHEDULES = ("constant", "cosine", "step")
+
+DEFAULT_CACHE_MB = 1024  # train_cache_mb when unset
+DATA_WAIT_SMOOTHING = 0.1  # weight of the newest iteration in the progress bar's data fraction
 
 # Fields that define the sequence of updates: a resumed run must agree on all of them.
 _RUN_DEFINING = ("arch", "norm", "iterations", "batch_size", "image_size", "style_size", "seed",
@@ -73,9 +83,9 @@ class TrainConfig:
     tv_weight: float | None = None
     content_layers: list[str] | None = None
     style_layers: list[str] | None = None
-    workers: int = 2
-    amp: str | None = None  # None, "auto" (bf16 on CPU, fp16 on GPU), "bfloat16", "float16"
-    channels_last: bool = False
+    workers: int | None = None  # None: default_workers()
+    amp: str | None = None  # None, "auto" (see resolve_amp), "bfloat16", "float16"
+    channels_last: bool | None = None  # None: on for norm="fused" (default_channels_last)
     sample_every: int = 500
     log_every: int = 50
     device: str | None = None
@@ -95,8 +105,12 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
                                  f"got {value!r}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.workers is None:
+            self.workers = default_workers()
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"--workers must be an integer >= 0, got {self.workers!r}")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be None, True or False, got {self.channels_last!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
         if self.amp not in (None, "auto", "bfloat16", "float16"):
@@ -261,11 +275,82 @@ def autocast_context(device: torch.device, amp: str | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def cpu_bfloat16_level() -> str | None:
+    """The CPU kernels' instruction-set level when it computes bfloat16 natively (AVX512-BF16),
+    else None. Read from the extension (``instance_norm_cpu_isa``: the CPU's best level capped
+    by ``STYLIZE_FAST_CPU_ISA``), the package's one way to read it; None without the extension."""
+    from .. import _extension
+
+    if not _extension.loaded():
+        return None
+    level = str(torch.ops.stylize_fast.instance_norm_cpu_isa())
+    return level if level == "avx512_bf16" else None
+
+
 def resolve_amp(amp: str | None, device: torch.device) -> str | None:
-    """``--amp`` without a value: bfloat16 on CPU, float16 on GPU."""
+    """``--amp`` without a value (``auto``): float16 on GPU; on CPU bfloat16 where the CPU has
+    AVX512-BF16, else float32 (None): emulated bfloat16 is slower than float32 there. An
+    explicit dtype is taken as given."""
     if amp == "auto":
-        return "bfloat16" if device.type == "cpu" else "float16"
+        if device.type != "cpu":
+            return "float16"
+        return "bfloat16" if cpu_bfloat16_level() else None
     return amp
+
+
+def default_workers() -> int:
+    """``--workers`` default: 2 processes decoding ahead, one fewer than the CPU count at most so
+    that a small machine keeps a core for the step itself."""
+    return max(0, min(2, (os.cpu_count() or 1) - 1))
+
+
+def default_channels_last(norm: str) -> bool:
+    """``--channels-last`` default: on for the fused generators (their kernels are
+    channels_last-native on CPU and CUDA), off for the plain PyTorch norms."""
+    return norm == "fused"
+
+
+def cache_budget_bytes() -> int:
+    """``train_cache_mb`` (``STYLIZE_FAST_TRAIN_CACHE_MB``) in bytes; 0 disables the cache."""
+    from .. import config as sf_config
+
+    mb = sf_config.get("train_cache_mb")
+    return (DEFAULT_CACHE_MB if mb is None else int(mb)) * 2**20
+
+
+def make_dataset(files: list[str], image_size: int, workers: int,
+                 info: ddp.DistInfo) -> ContentImages:
+    """The content images, decoded once into memory when they fit :func:`cache_budget_bytes`.
+
+    The cache is built here, in the main process, before the DataLoader starts its workers:
+    forked workers share its pages, the main process's sample images use it too, and every
+    worker decodes nothing. (Filled inside the workers instead, each would hold its own copy.)
+    """
+    budget = cache_budget_bytes()
+    need = DecodedImages.decoded_bytes(files, image_size, limit=budget) if budget else 0
+    if not budget or need > budget:
+        if budget:
+            _log(f"content images: more than train_cache_mb={budget // 2**20} decoded; "
+                 f"decoding per item", info)
+        return ContentImages(files, image_size)
+    start = time.perf_counter()
+    # Nothing else runs yet: decode on every core this process may use.
+    threads = max(1, (os.cpu_count() or 1) // info.world_size)
+    cache = DecodedImages.build(files, image_size, threads=threads)
+    if workers > 0 and _worker_start_method() != "fork":
+        try:  # spawn / forkserver would pickle a copy per worker otherwise
+            cache.share_memory_()
+        except RuntimeError as exc:  # e.g. a small /dev/shm in a container
+            _log(f"content images: cache not in shared memory ({exc}); each worker gets a copy",
+                 info)
+    _log(f"content images: cached decoded ({cache.nbytes / 2**20:.0f} MB, "
+         f"{time.perf_counter() - start:.1f} s)", info)
+    return ContentImages(files, image_size, cache=cache)
+
+
+def _worker_start_method() -> str:
+    return multiprocessing.get_start_method(allow_none=True) or \
+        multiprocessing.get_all_start_methods()[0]
 
 
 def save_image_grid(rows: list[torch.Tensor], path: str) -> None:
@@ -304,6 +389,41 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+class DataWait:
+    """This rank's time waiting for data against whole iterations: per log window (reset by
+    :meth:`new_window`) and exponentially smoothed for the progress bar. Local to the rank: no
+    collective, so nothing here can make ranks wait on each other."""
+
+    def __init__(self, smoothing: float = DATA_WAIT_SMOOTHING) -> None:
+        self.smoothing = smoothing
+        self.window_data = self.window_total = 0.0
+        self.smooth_data = self.smooth_total = None
+
+    def add(self, data_seconds: float, iteration_seconds: float) -> None:
+        iteration_seconds = max(iteration_seconds, data_seconds)
+        self.window_data += data_seconds
+        self.window_total += iteration_seconds
+        if self.smooth_data is None:
+            self.smooth_data, self.smooth_total = data_seconds, iteration_seconds
+        else:
+            a = self.smoothing
+            self.smooth_data += a * (data_seconds - self.smooth_data)
+            self.smooth_total += a * (iteration_seconds - self.smooth_total)
+
+    @staticmethod
+    def _fraction(data: float, total: float) -> float:
+        return min(1.0, data / total) if total > 0 else 0.0
+
+    def window_fraction(self) -> float:
+        return self._fraction(self.window_data, self.window_total)
+
+    def smoothed_fraction(self) -> float:
+        return self._fraction(self.smooth_data or 0.0, self.smooth_total or 0.0)
+
+    def new_window(self) -> None:
+        self.window_data = self.window_total = 0.0
 
 
 def _log(message: str, info: ddp.DistInfo) -> None:
@@ -348,6 +468,9 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
     from tqdm import tqdm
 
     amp = resolve_amp(config.amp, device)
+    if config.amp == "auto" and amp is None:
+        _log("--amp: this CPU has no AVX512-BF16 (bfloat16 would be emulated, slower than "
+             "float32); training in float32 (--amp bfloat16 forces it)", info)
     out_dir = config.output
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     if info.is_main:
@@ -356,6 +479,12 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
             raise ValueError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
                              f"another --output")
     ddp.barrier(info)
+    ckpt = load_checkpoint(ckpt_path) if config.resume and os.path.exists(ckpt_path) else None
+    if config.channels_last is None:
+        # the default; a resumed run keeps the layout it was started with
+        saved = ckpt["config"].get("channels_last") if ckpt is not None else None
+        config = dataclasses.replace(config, channels_last=saved if isinstance(saved, bool)
+                                     else default_channels_last(config.norm))
 
     seed_everything(config.seed)
     custom_model = model is not None
@@ -376,7 +505,7 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
     files, skipped = find_images(config.data)
     _log(f"content images: {len(files)} in {config.data}"
          f"{f' ({skipped} unreadable files skipped)' if skipped else ''}", info)
-    dataset = ContentImages(files, config.image_size)
+    dataset = make_dataset(files, config.image_size, config.workers, info)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.iterations)
@@ -385,8 +514,7 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
 
     start = 0
     if config.resume:
-        if os.path.exists(ckpt_path):
-            ckpt = load_checkpoint(ckpt_path)
+        if ckpt is not None:
             _check_resume_config(ckpt["config"], config, info.world_size,
                                  ckpt.get("world_size", 1), ckpt_path)
             model.load_state_dict(ckpt["model"])
@@ -403,9 +531,11 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
     stop = config.stop_at or config.iterations
     sampler = ResumableBatchSampler(len(dataset), config.batch_size, config.seed, start,
                                     max(start, stop), info.rank, info.world_size)
+    # One pass over the loader covers the whole run (the sampler spans start..stop), so
+    # persistent workers never restart; prefetch_factor stays torch's default (2 batches each).
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=config.workers, generator=loader_gen,
-        pin_memory=device.type == "cuda", persistent_workers=False)
+        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     train_model = ddp.wrap(model, info, device)
 
     sample_inputs = torch.stack([dataset[(i, None)] for i in range(min(4, len(dataset)))])
@@ -441,12 +571,19 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
     bar = tqdm(total=config.iterations, initial=start, desc="train", dynamic_ncols=True,
                disable=not (info.is_main and config.progress), file=sys.stderr)
     iteration = start
+    wait = DataWait()
     tick = time.perf_counter()
+    batches = iter(loader)
     with _StopFlag() as stop_flag:
-        for batch in loader:
+        while True:
+            data_start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
             batch = batch.to(device, non_blocking=True)
             if config.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
+            data_seconds = time.perf_counter() - data_start
             with autocast_context(device, amp):
                 output = train_model(batch)
                 terms = loss_fn(output, batch)
@@ -461,18 +598,22 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
             values = {k: float(ddp.all_mean(v.detach(), info)) for k, v in terms.items()}
             if not all(math.isfinite(v) for v in values.values()):
                 raise RuntimeError(f"training diverged at iteration {iteration}: {values}")
+            wait.add(data_seconds, now - tick)
             entry = {"iteration": iteration, **values, "lr": scheduler.get_last_lr()[0],
-                     "seconds": now - tick}
+                     "seconds": now - tick, "data_seconds": data_seconds,
+                     "data_fraction": wait.window_fraction()}
             tick = now
             history.append(entry)
             if on_iteration is not None:
                 on_iteration(iteration, entry)
-            bar.set_postfix({k: f"{values[k]:.3g}" for k in ("content", "style", "tv", "total")},
-                            refresh=False)
+            bar.set_postfix({**{k: f"{values[k]:.3g}" for k in ("content", "style", "tv", "total")},
+                             "data": f"{wait.smoothed_fraction():.0%}"}, refresh=False)
             bar.update(1)
-            if info.is_main and (iteration % config.log_every == 0 or iteration == stop):
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
+            if iteration % config.log_every == 0 or iteration == stop:
+                if info.is_main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                wait.new_window()
             if iteration % config.sample_every == 0 or iteration == config.iterations:
                 sample(iteration)
 
@@ -487,6 +628,13 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
                 _log(f"stopped at iteration {iteration}; continue with --resume", info)
                 break
     bar.close()
+    del batches, loader  # stop the workers (and free their pages) before the final save
+    if history:
+        waited = sum(h["data_seconds"] for h in history) / max(sum(h["seconds"] for h in history),
+                                                                 1e-12)
+        _log(f"data wait: {min(waited, 1.0):.1%} of the step time ({len(history)} iterations, "
+             f"{config.workers} workers{', decoded cache' if dataset.cache is not None else ''})",
+             info)
 
     ddp.broadcast_buffers(model, info)
     if info.enabled and not ddp.replicas_identical(model, info):
