@@ -207,9 +207,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   const auto w = weight.contiguous(fmt);
   // relu's backward, grad_output where output > 0 else 0: one masked pass (the copy the unfused
   // relu's backward would make), before the gradient kernels.
+  const auto gy_in = grad_output.contiguous(fmt);
   const auto gy = activation == kRelu
-                      ? at::threshold_backward(grad_output.contiguous(fmt), *output, 0).contiguous(fmt)
-                      : grad_output.contiguous(fmt);
+                      ? at::threshold_backward(gy_in, *output, 0).contiguous(fmt)
+                      : gy_in;
   auto none = at::empty({0}, input.options());
   at::Tensor grad_input, grad_weight, grad_bias;
   const Algorithm input_grad_algorithm =
