@@ -205,6 +205,23 @@ def test_every_cpu_algorithm(monkeypatch, mode, layout, algorithm, layer):
         assert_close(a, e, name=f"{algorithm} {name}", **tolerance(torch.float32, 4 * scale))
 
 
+@pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"], ids=["rows", "lanes"])
+def test_direct_streamed_stores(monkeypatch, layout):
+    """Outputs of 4 MiB and more leave the direct kernel through non-temporal stores (row tiles,
+    and the channels-in-lanes blocking): the relu is applied on that path too."""
+    monkeypatch.setitem(sf.config.options, "conv_algo", "direct")
+    x = _input((1, 3, 130, 130), layout=layout)
+    w, b = _params(3, 64, 5, torch.float32)
+    with poisoned_outputs():
+        y = _run("cpu", x, w, b, 1, 2, activation="relu")
+    assert y.numel() * y.element_size() >= 4 << 20
+    assert_all_written(y)
+    y64 = _reference(*_leaves64(x, w, b), 1, 2, "reflect")
+    _check_mask_matters(y64)
+    assert_close(y, y64, **tolerance(torch.float32, 4.0))
+
+
 def _supported_levels(monkeypatch):
     monkeypatch.setitem(sf.config.options, "cpu_isa", None)
     best = torch.ops.stylize_fast.instance_norm_cpu_isa()
