@@ -8,7 +8,8 @@
 // ops/padded_conv.py keep it for the Triton ops):
 //   instance_norm_fwd  saves input, weight, bias, mean, rstd (not the output); mean and rstd are
 //                      not differentiable; the backward recomputes the activation mask.
-//   padded_conv2d_fwd  saves input and weight.
+//   padded_conv2d_fwd  saves input and weight, and with an activation its output (the
+//                      backward's mask is output > 0; the output is not saved otherwise).
 // Both backward calls ask only for the gradients autograd needs (output_mask). torch.compile
 // traces through these kernels with the ops' fake (meta) implementations from Python.
 #include <torch/autograd.h>
@@ -104,22 +105,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(
 }
 
 // ---------------------------------------------------------------------------------------------
-// padded_conv2d_fwd(input, weight, bias?, stride, padding, padding_mode) -> output
+// padded_conv2d_fwd(input, weight, bias?, stride, padding, padding_mode, activation) -> output
 
 class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                               int64_t padding_mode) {
+                               int64_t padding_mode, int64_t activation) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("stylize_fast::padded_conv2d_fwd", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
                                            const c10::optional<at::Tensor>&, c10::IntArrayRef,
-                                           c10::IntArrayRef, int64_t)>();
+                                           c10::IntArrayRef, int64_t, int64_t)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor output = op.call(input, weight, bias, stride, padding, padding_mode);
-    ctx->save_for_backward({input, weight});
+    at::Tensor output = op.call(input, weight, bias, stride, padding, padding_mode, activation);
+    if (activation != 0)
+      ctx->save_for_backward({input, weight, output});
+    else
+      ctx->save_for_backward({input, weight});
+    ctx->saved_data["activation"] = activation;
     ctx->saved_data["has_bias"] = present(bias);
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
@@ -132,18 +137,23 @@ class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> 
                          .findSchemaOrThrow("stylize_fast::padded_conv2d_bwd", "")
                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             c10::IntArrayRef, c10::IntArrayRef, int64_t, std::array<bool, 3>)>();
+                             c10::IntArrayRef, c10::IntArrayRef, int64_t, std::array<bool, 3>,
+                             const c10::optional<at::Tensor>&, int64_t)>();
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &weight = saved[1];
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    has_bias && ctx->needs_input_grad(2)};
-    variable_list result(6);
+    variable_list result(7);
     if (!(mask[0] || mask[1] || mask[2])) return result;
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    const c10::optional<at::Tensor> output =
+        activation != 0 ? c10::optional<at::Tensor>(saved[2]) : c10::nullopt;
     const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector();
     const std::vector<int64_t> padding = ctx->saved_data["padding"].toIntVector();
     auto [gi, gw, gb] = op.call(grads[0], input, weight, stride, padding,
-                                ctx->saved_data["padding_mode"].toInt(), mask);
+                                ctx->saved_data["padding_mode"].toInt(), mask, output,
+                                activation);
     result[0] = or_undefined(mask[0], gi);
     result[1] = or_undefined(mask[1], gw);
     result[2] = or_undefined(mask[2], gb);
@@ -154,8 +164,9 @@ class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> 
 at::Tensor padded_conv2d_fwd_autograd(const at::Tensor& input, const at::Tensor& weight,
                                       const c10::optional<at::Tensor>& bias,
                                       c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                      int64_t padding_mode) {
-  return PaddedConvFunction::apply(input, weight, bias, stride, padding, padding_mode)[0];
+                                      int64_t padding_mode, int64_t activation) {
+  return PaddedConvFunction::apply(input, weight, bias, stride, padding, padding_mode,
+                                   activation)[0];
 }
 
 }  // namespace

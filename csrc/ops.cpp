@@ -8,6 +8,9 @@
 // Conventions shared by every backend (see docs/design.md):
 //   activation:   0 = none, 1 = relu, 2 = leaky_relu (negative_slope used only by 2)
 //   padding_mode: 0 = zeros, 1 = reflect, 2 = replicate
+//   padded_conv2d's activation: 0 = none, 1 = relu (applied in the kernels' output store; its
+//     backward masks grad_output with output > 0, so it takes the forward's output; 2 is
+//     reserved for leaky_relu, not implemented yet)
 //   statistics (mean, rstd) are float32, float64 for float64 input, shape (N, C)
 //   weight / bias reach kernels already contiguous and in the statistics dtype, shape (C,) or (N, C)
 //   outputs are allocated as at::empty_like(input, input.suggest_memory_format())
@@ -35,11 +38,11 @@ TORCH_LIBRARY(stylize_fast, m) {
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "padded_conv2d_fwd(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
-      "int[2] padding, int padding_mode) -> Tensor");
+      "int[2] padding, int padding_mode, int activation=0) -> Tensor");
   m.def(
       "padded_conv2d_bwd(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
-      "int[2] padding, int padding_mode, bool[3] output_mask) "
-      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+      "int[2] padding, int padding_mode, bool[3] output_mask, Tensor? output=None, "
+      "int activation=0) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   // True when this library was compiled with the CUDA kernels (csrc/cuda).
   m.def("compiled_with_cuda() -> bool", []() -> bool {
 #ifdef STYLIZE_FAST_WITH_CUDA

@@ -44,7 +44,11 @@ def padded_conv2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     padding_mode: str = "reflect",
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """``F.conv2d(F.pad(input, pad, padding_mode), weight, bias, stride)`` without building the
-    padded tensor. ``padding_mode`` is ``"reflect"``, ``"replicate"`` or ``"zeros"``."""
-    return _padded_conv.padded_conv2d(input, weight, bias, stride, padding, padding_mode)
+    """``act(F.conv2d(F.pad(input, pad, padding_mode), weight, bias, stride))`` without building
+    the padded tensor. ``padding_mode`` is ``"reflect"``, ``"replicate"`` or ``"zeros"``;
+    ``activation`` None or ``"relu"``, applied in the convolution kernel's output store (its
+    backward needs only the output's sign)."""
+    return _padded_conv.padded_conv2d(input, weight, bias, stride, padding, padding_mode,
+                                      activation)

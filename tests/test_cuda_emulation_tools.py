@@ -56,7 +56,13 @@ def test_instance_norm_cases_cover_schedules_dtypes_and_options():
 
 def test_padded_conv_cases_cover_modes_strides_layouts_dtypes():
     cases = run_padded_conv.cases()
-    assert len(cases) == 111
+    assert len(cases) == 138
+    relu = [c for c in cases if c.activation == 1]
+    # the relu epilogue: every geometry in both layouts and strides, every mode and dtype
+    assert {(c.geometry, c.layout, c.stride) for c in relu if c.dtype == torch.float32} == {
+        (g, layout, s) for g in run_padded_conv.GEOMETRIES for layout in ("contiguous", "channels_last")
+        for s in (1, 2)}
+    assert {c.mode for c in relu} == {0, 1, 2} and len({c.dtype for c in relu}) == 4
     f32 = [c for c in cases if c.dtype == torch.float32 and c.layout != "strided"]
     # float32: every geometry in both layouts, both strides, all three padding modes
     assert {(c.geometry, c.layout, c.stride, c.mode) for c in f32} == {

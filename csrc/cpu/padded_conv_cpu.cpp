@@ -81,6 +81,12 @@ Geometry check_args(const char* fn, const at::Tensor& input, const at::Tensor& w
   return g;
 }
 
+void check_activation(const char* fn, int64_t activation) {
+  TORCH_CHECK(activation == kNoActivation || activation == kRelu, fn,
+              ": activation must be 0 (none) or 1 (relu), got ", activation,
+              activation == 2 ? " (leaky_relu is not implemented for the padded convolution)" : "");
+}
+
 
 const char* algorithm_name(Algorithm a) {
   return a == Algorithm::kDirect ? "direct" : a == Algorithm::kWinograd ? "winograd" : "library";
@@ -153,26 +159,33 @@ Algorithm weight_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
 
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, int64_t mode) {
+                                 at::IntArrayRef padding, int64_t mode, int64_t activation) {
   const Geometry g = check_args("padded_conv2d_fwd", input, weight, bias, stride, padding, mode);
+  check_activation("padded_conv2d_fwd", activation);
   const auto fmt = input.suggest_memory_format();
   const Algorithm algorithm = algorithm_for(g, input.scalar_type());
   if (algorithm != Algorithm::kLibrary && input.numel() > 0) {
     auto out = at::empty({g.n, g.o, g.ho, g.wo}, input.options().memory_format(fmt));
     const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
-    if (algorithm == Algorithm::kDirect) direct_fwd(input, weight, b, g, mode, out);
-    else winograd_fwd(input, weight, b, g, mode, out);
+    // The activation is applied where the kernels store their outputs.
+    if (algorithm == Algorithm::kDirect) direct_fwd(input, weight, b, g, mode, out, activation);
+    else winograd_fwd(input, weight, b, g, mode, out, activation);
     return out;
   }
-  return library_fwd(input, weight, bias, g, mode);
+  at::Tensor out = library_fwd(input, weight, bias, g, mode);
+  // The library path's epilogue: one in-place pass.
+  if (activation == kRelu) out.relu_();
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t mode,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, const c10::optional<at::Tensor>& output,
+    int64_t activation) {
   const Geometry g =
       check_args("padded_conv2d_bwd", input, weight, c10::nullopt, stride, padding, mode);
+  check_activation("padded_conv2d_bwd", activation);
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n &&
                   grad_output.size(1) == g.o && grad_output.size(2) == g.ho &&
                   grad_output.size(3) == g.wo,
@@ -181,9 +194,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(),
               "padded_conv2d_bwd: grad_output dtype ", grad_output.scalar_type(),
               " must equal input dtype ", input.scalar_type());
+  if (activation != kNoActivation) {
+    TORCH_CHECK(output.has_value() && output->defined() &&
+                    output->sizes() == grad_output.sizes() &&
+                    output->scalar_type() == grad_output.scalar_type() &&
+                    output->device() == grad_output.device(),
+                "padded_conv2d_bwd: with an activation, output (the forward's result) must be "
+                "given with grad_output's shape ", grad_output.sizes(), " and dtype ",
+                grad_output.scalar_type());
+  }
   const auto fmt = input.suggest_memory_format();
   const auto w = weight.contiguous(fmt);
-  const auto gy = grad_output.contiguous(fmt);
+  // relu's backward, grad_output where output > 0 else 0: one masked pass (the copy the unfused
+  // relu's backward would make), before the gradient kernels.
+  const auto gy_in = grad_output.contiguous(fmt);
+  const auto gy = activation == kRelu
+                      ? at::threshold_backward(gy_in, *output, 0).contiguous(fmt)
+                      : gy_in;
   auto none = at::empty({0}, input.options());
   at::Tensor grad_input, grad_weight, grad_bias;
   const Algorithm input_grad_algorithm =

@@ -25,6 +25,8 @@ namespace stylize_fast {
 namespace padded_conv_cpu {
 
 constexpr int64_t kZeros = 0, kReflect = 1, kReplicate = 2;
+// The activation applied to the output (csrc/ops.cpp): none or relu.
+constexpr int64_t kNoActivation = 0, kRelu = 1;
 
 struct Geometry {
   int64_t n, c, h, w;      // input
@@ -74,9 +76,11 @@ at::ScalarType acc_type_of(at::ScalarType t);
 // beats the library there (measured rule, see the file).
 bool direct_applies(const Geometry& g, at::ScalarType dtype);
 // out: (N, O, HO, WO), preallocated in the input's suggested memory format; every element is
-// written. bias may be undefined.
+// written. bias may be undefined. activation (kNoActivation / kRelu) is applied as outputs are
+// stored.
 void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                const Geometry& g, int64_t mode, at::Tensor& out);
+                const Geometry& g, int64_t mode, at::Tensor& out,
+                int64_t activation = kNoActivation);
 
 // Winograd F(4x4, 3x3) (padded_conv_cpu_winograd.cpp), same contract; winograd_applies says
 // whether it can run (3x3, stride 1, float32 / bfloat16), winograd_pays whether it beats the
@@ -84,7 +88,8 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
 bool winograd_applies(const Geometry& g, at::ScalarType dtype);
 bool winograd_pays(const Geometry& g, at::ScalarType dtype);
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                  const Geometry& g, int64_t mode, at::Tensor& out);
+                  const Geometry& g, int64_t mode, at::Tensor& out,
+                  int64_t activation = kNoActivation);
 
 // Weight gradient for few output channels (padded_conv_cpu_wgrad.cpp), read through the padding
 // index map: wgrad_applies says whether it handles the layer and beats the library there;

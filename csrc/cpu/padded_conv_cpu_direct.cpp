@@ -24,7 +24,8 @@
 //  - output channels in lanes (channels_last output, O a multiple of 16 floats): a block is
 //    og = V vectors of channels x P pixels; each step one load per vector of weights and one
 //    broadcast per pixel. The pixels go straight to the output, channels contiguous.
-// The accumulators start at the bias and are rounded to the output dtype once. Outputs of
+// The accumulators start at the bias and are rounded to the output dtype once (after the
+// activation, when there is one). Outputs of
 // kStreamBytes or more are written with non-temporal stores where those fill whole cache lines.
 //
 // Instruction sets: the kernel body (padded_conv_cpu_direct_kernels.h) is compiled once per
@@ -83,6 +84,7 @@ struct Job {
   int64_t ld;              // stride of a packed row: SW planes
   bool stream;             // write the output around the caches (non-temporal stores)
   bool lanes;              // output channels in vector lanes (channels_last output)
+  bool relu;               // max(0, .) on the outputs as they are stored
 };
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -183,7 +185,7 @@ bool direct_applies(const Geometry& g, at::ScalarType dtype) {
 }
 
 void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                const Geometry& g, int64_t mode, at::Tensor& out) {
+                const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
   TORCH_CHECK(direct_applies(g, input.scalar_type()), "padded_conv2d direct kernel: layer not "
               "handled (", g.o, " output channels, stride ", g.sh, "x", g.sw, ", dtype ",
               input.scalar_type(), ")");
@@ -247,6 +249,7 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
   job.xoff = xoff.data();
   job.stream = kernel.stream && out.numel() * int64_t(out.element_size()) >= kStreamBytes;
   job.lanes = lanes;
+  job.relu = activation == kRelu;
 
   // Each task re-packs the rows of its first output row's window: give it enough output rows
   // that this is a fraction, and enough work to pay for the parallel region.

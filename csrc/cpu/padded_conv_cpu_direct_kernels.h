@@ -505,11 +505,12 @@ void lanes_block(const float* const* rows, int64_t nrows, int64_t kw, const int6
 }
 
 // One group of OV vectors of output channels across an output row; out: the row's first pixel
-// at the group's first channel, pixels sw apart. kStream: non-temporal stores (aligned).
+// at the group's first channel, pixels sw apart. kStream: non-temporal stores (aligned). relu:
+// max(0, .) on each vector as it is stored.
 template <int OV, typename S, bool kStream>
 void lanes_row(const float* const* rows, int64_t nrows, int64_t kw, const int64_t* xoff,
                const float* w, const float* bias, int64_t wo, void* out, int64_t sw,
-               Prefetcher& pf) {
+               Prefetcher& pf, bool relu) {
   constexpr int P = pixels_for(OV), OG = OV * kLanes;
   alignas(64) float tile[P * OG];
   S* base = static_cast<S*>(out);
@@ -520,15 +521,17 @@ void lanes_row(const float* const* rows, int64_t nrows, int64_t kw, const int64_
     for (int p = 0; p < np; ++p) {
       S* d = base + (col + p) * sw;
 #pragma GCC unroll 4
-      for (int v = 0; v < OV; ++v)
-        store_lanes<kStream>(d + v * kLanes, vload(tile + p * OG + v * kLanes));
+      for (int v = 0; v < OV; ++v) {
+        const VF value = vload(tile + p * OG + v * kLanes);
+        store_lanes<kStream>(d + v * kLanes, relu ? max0(value) : value);
+      }
     }
     pf.step();
   }
 }
 
 using LanesRowFn = void (*)(const float* const*, int64_t, int64_t, const int64_t*, const float*,
-                            const float*, int64_t, void*, int64_t, Prefetcher&);
+                            const float*, int64_t, void*, int64_t, Prefetcher&, bool);
 
 template <typename S, bool kStream, int... I>
 constexpr std::array<LanesRowFn, sizeof...(I)> lanes_row_table(std::integer_sequence<int, I...>) {
@@ -559,8 +562,13 @@ void lanes_output_row(const Job& j, const float* const* rows, int64_t n, int64_t
                         og * es % 64 == 0 && j.ys[3] * es % 64 == 0;
     kLanesRows[d][stream][og / kLanes - 1](rows, g.c * g.kh, g.kw, j.xoff,
                                             j.w + o0 * g.c * g.kh * g.kw, j.bias + o0, g.wo,
-                                            out, j.ys[3], pf);
+                                            out, j.ys[3], pf, j.relu);
   }
+}
+
+// max(0, .) on count floats (a multiple of kLanes: the row tile's rows are padded to ldt).
+inline void relu_tile(float* t, int64_t count) {
+  for (int64_t i = 0; i < count; i += kLanes) vstore(t + i, max0(vload(t + i)));
 }
 
 // Output rows [begin, end) of the flattened (n, y) range.
@@ -605,6 +613,8 @@ void run_rows(const Job& j, int64_t begin, int64_t end) {
                            j.bias + o0, g.wo, tile.data() + o0 * ldt, ldt, pf);
       }
       pf.clear();
+      // The activation on the row tile, while it is in cache, before it is stored.
+      if (j.relu) relu_tile(tile.data(), g.o * ldt);
       store_row_any(j, n, y, tile.data(), ldt);
     }
     t += y1 - y0;

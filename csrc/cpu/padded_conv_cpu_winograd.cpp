@@ -57,6 +57,7 @@ struct WinogradJob {
   int64_t segments;         // with pack: blocks per tile row
   const int64_t* row_src;   // padded row -> source row, -1 for a zero row
   const int64_t* col_src;   // padded column -> source column, -1 for a zero column
+  bool relu;                // max(0, .) on the outputs as they are stored
 };
 
 struct KernelTable {
@@ -103,7 +104,7 @@ bool winograd_pays(const Geometry& g, at::ScalarType dtype) {
 }
 
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                  const Geometry& g, int64_t mode, at::Tensor& out) {
+                  const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
                   out.scalar_type() == dtype,
@@ -146,6 +147,7 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
     cols[i] = i < g.w + 2 * g.pw ? source_index(i, g.pw, g.w, mode) : -1;
   j.row_src = rows.data();
   j.col_src = cols.data();
+  j.relu = activation == kRelu;
 
   std::vector<float> bias_padded;
   if (bias.defined()) {

@@ -237,7 +237,8 @@ void gemm(const WinogradJob& j, const float* V, float* M) {
   }
 }
 
-// out[n, o, 4 ty + a, 4 tx + b] = (A^T M A)[a][b] + bias[o], for the pixels inside the output.
+// out[n, o, 4 ty + a, 4 tx + b] = (A^T M A)[a][b] + bias[o], for the pixels inside the output
+// (max(0, .) of it with j.relu).
 template <typename T>
 void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
                       const float* M) {
@@ -263,7 +264,8 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
         at6(tmp[a], out);
         T* prow = yn + (y0 + a) * j.ys[2];
         for (int b = 0; b < cols; ++b) {
-          const vf value = out[b] + bias;
+          vf value = out[b] + bias;
+          if (j.relu) value = by_pieces<vf>([](auto piece) { return max0(piece); }, value);
           T* p = prow + (x0 + b) * j.ys[3];
           if (full) {
             store16(p + o0, value);

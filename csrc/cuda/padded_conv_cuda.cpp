@@ -100,6 +100,12 @@ void set_strides(int64_t (&dst)[4], const at::Tensor& t) {
   for (int d = 0; d < 4; ++d) dst[d] = t.stride(d);
 }
 
+void check_activation(int64_t activation, const char* op) {
+  TORCH_CHECK(activation == 0 || activation == 1, op,
+              ": activation must be 0 (none) or 1 (relu), got ", activation,
+              activation == 2 ? " (leaky_relu is not implemented for the padded convolution)" : "");
+}
+
 void check_launch(cudaError_t err, const char* op, const char* kernel) {
   TORCH_CHECK(err == cudaSuccess, op, ": launching the ", kernel, " kernel failed: ",
               cudaGetErrorString(err));
@@ -107,9 +113,12 @@ void check_launch(cudaError_t err, const char* op, const char* kernel) {
 
 at::Tensor padded_conv2d_fwd_cuda(const at::Tensor& input, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, int64_t padding_mode) {
+                                  at::IntArrayRef padding, int64_t padding_mode,
+                                  int64_t activation) {
   constexpr const char* op = "padded_conv2d_fwd";
   conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, op);
+  check_activation(activation, op);
+  s.activation = static_cast<int>(activation);
   const bool has_bias = bias.has_value() && bias->defined();
   at::Tensor b;
   if (has_bias) {
@@ -137,7 +146,8 @@ at::Tensor padded_conv2d_fwd_cuda(const at::Tensor& input, const at::Tensor& wei
 std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t padding_mode,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, const std::optional<at::Tensor>& output,
+    int64_t activation) {
   constexpr const char* op = "padded_conv2d_bwd";
   conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, op);
   check_tensor(grad_output, input, op, "grad_output");
@@ -146,6 +156,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cuda(
                   grad_output.size(3) == s.ow,
               op, ": grad_output must have shape (", s.n, ", ", s.c_out, ", ", s.oh, ", ", s.ow,
               "), got ", grad_output.sizes());
+  check_activation(activation, op);
+  if (activation != 0) {
+    // relu's mask, output > 0, is read by the gradient kernels as they load grad_output.
+    TORCH_CHECK(output.has_value() && output->defined(), op,
+                ": with an activation, output (the forward's result) must be given");
+    check_tensor(*output, input, op, "output");
+    TORCH_CHECK(output->sizes() == grad_output.sizes(), op, ": output must have grad_output's "
+                "shape ", grad_output.sizes(), ", got ", output->sizes());
+    s.activation = static_cast<int>(activation);
+    s.out = output->const_data_ptr();
+    set_strides(s.o_stride, *output);
+  }
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const conv::DType dtype = dtype_of(input, op);

@@ -66,6 +66,19 @@ __device__ __forceinline__ TapRange tap_range(int v, int size, int pad, int k, i
   return {lo, stride, lo > hi ? 0 : (hi - lo) / stride + 1};
 }
 
+// grad_output element at offset y_off (in grad_output's strides) of pixel (n, oh, ow), channel
+// co, through relu's mask: zero where the forward's output is <= 0 (as threshold_backward).
+template <typename T>
+__device__ __forceinline__ acc_t<T> masked_grad(const T* gy, int64_t y_off, const ConvShape& s,
+                                                int64_t n, int co, int oh, int ow) {
+  const acc_t<T> g = to_acc(gy[y_off]);
+  if (s.activation != 1) return g;
+  const T* out = static_cast<const T*>(s.out);
+  const acc_t<T> o = to_acc(out[n * s.o_stride[0] + co * s.o_stride[1] + oh * s.o_stride[2] +
+                                ow * s.o_stride[3]]);
+  return o <= acc_t<T>(0) ? acc_t<T>(0) : g;
+}
+
 // acc[i][j] += sum_kk As[kk][ty + 16 i] * Bs[kk][tx + 16 j]
 template <typename A>
 __device__ __forceinline__ void mma_tile(const A (&As)[kTileK][kTileM],
@@ -155,7 +168,9 @@ __global__ void __launch_bounds__(kThreads)
       const int coj = co0 + tx + 16 * j;
       if (coj >= s.c_out) continue;
       const A b = bias != nullptr ? to_acc(bias[coj]) : A(0);
-      y_pix[coj * s.y_stride[1]] = Cast<T>::from(acc[i][j] + b);
+      A v = acc[i][j] + b;
+      if (s.activation == 1) v = v < A(0) ? A(0) : v;  // relu; NaN passes, as torch.relu
+      y_pix[coj * s.y_stride[1]] = Cast<T>::from(v);
     }
   }
 }
@@ -219,8 +234,8 @@ __global__ void __launch_bounds__(kThreads)
               if (oh_s >= 0 && ow_s >= 0 && oh_s % s.stride_h == 0 && ow_s % s.stride_w == 0) {
                 const int oh = oh_s / s.stride_h, ow = ow_s / s.stride_w;
                 if (oh < OH && ow < OW)
-                  av = to_acc(gy_n[co * s.y_stride[1] + oh * s.y_stride[2] +
-                                   ow * s.y_stride[3]]);
+                  av = masked_grad(gy_n, co * s.y_stride[1] + oh * s.y_stride[2] +
+                                             ow * s.y_stride[3], s, n, co, oh, ow);
               }
             }
             if (col_ok)
@@ -300,7 +315,8 @@ __global__ void __launch_bounds__(kThreads)
         const int ow = mk % OW, oh = (mk / OW) % OH;
         const int64_t n = mk / (OW * OH);
         if (row_ok)
-          av = to_acc(gy_co[n * s.y_stride[0] + oh * s.y_stride[2] + ow * s.y_stride[3]]);
+          av = masked_grad(gy_co, n * s.y_stride[0] + oh * s.y_stride[2] + ow * s.y_stride[3],
+                           s, n, co, oh, ow);
         if (col_ok) {
           const int ih = source_index(oh * s.stride_h + kh - s.pad_h, H, s.mode);
           const int iw = source_index(ow * s.stride_w + kw - s.pad_w, W, s.mode);

@@ -12,6 +12,8 @@
 //                  (itself, and at the border its mirrored / replicated coordinates); border
 //                  variants no pixel of a tile receives are skipped tile-wide. One writer per
 //                  element, fixed order: deterministic, no atomics.
+//   activation   : relu in the forward's store; the backward kernels read grad_output through
+//                  the mask output > 0 (ConvShape::activation / out).
 //   weight grad  : M = c_out, N = (c_in, kh, kw), K = (n, oh, ow) split into `splits` ranges;
 //                  each block writes its partial, the binding sums them in a fixed order. The
 //                  bias gradient comes from the same grad_output tiles.
@@ -42,6 +44,12 @@ struct ConvShape {
   int64_t x_stride[4];      // input / grad_input
   int64_t w_stride[4];      // weight (c_out, c_in, kh, kw)
   int64_t y_stride[4];      // output / grad_output
+  // Activation (csrc/ops.cpp): 0 none, 1 relu. Forward: applied to each output as it is
+  // stored. Backward: grad_output counts only where the forward's output (out, element strides
+  // o_stride, grad_output's shape) is > 0, masked as it is loaded (no masked copy).
+  int activation;
+  const void* out;
+  int64_t o_stride[4];
 };
 
 // How the weight gradient's reduction over (n, oh, ow) is split: `splits` blocks along z, each

@@ -16,7 +16,9 @@ class PaddedConv2d(nn.Conv2d):
     """Drop-in replacement for ``nn.Conv2d`` (same ``weight`` / ``bias`` keys, initialisation and
     ``repr``) computing ``conv2d(pad(x, padding, padding_mode), weight, bias, stride)`` without
     building the padded tensor. ``padding_mode`` is ``"reflect"`` (the default), ``"replicate"``
-    or ``"zeros"``; groups = 1 and dilation = 1.
+    or ``"zeros"``; groups = 1 and dilation = 1. ``activation`` (keyword-only): None (the default)
+    or ``"relu"``, applied in the convolution kernel's output store (conv + ReLU in one kernel);
+    it adds no parameter or buffer, so the ``state_dict`` is that of ``nn.Conv2d``.
 
     Shapes: input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; output
     ``(N, C_out, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)`` in the input's memory
@@ -34,7 +36,10 @@ class PaddedConv2d(nn.Conv2d):
         bias: bool = True,
         device=None,
         dtype=None,
+        *,
+        activation: str | None = None,
     ) -> None:
+        _ops.check_activation(activation, fn="PaddedConv2d")
         if padding_mode not in PADDING_MODE_NAMES:
             raise ValueError(f"PaddedConv2d: padding_mode must be one of "
                              f"{sorted(PADDING_MODE_NAMES)}, got {padding_mode!r}")
@@ -46,6 +51,13 @@ class PaddedConv2d(nn.Conv2d):
                          device=device, dtype=dtype)
         if min(self.padding) < 0:
             raise ValueError(f"PaddedConv2d: padding must be >= 0, got {padding!r}")
+        self.activation = None if activation is None or activation.lower() == "none" \
+            else activation.lower()
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        activation = getattr(self, "activation", None)  # modules pickled before it existed
+        return text if activation is None else f"{text}, activation={activation!r}"
 
     @classmethod
     def from_conv(
@@ -84,7 +96,7 @@ class PaddedConv2d(nn.Conv2d):
         if input.dim() == 3:
             return self.forward(input.unsqueeze(0)).squeeze(0)
         return _ops.padded_conv2d(input, self.weight, self.bias, self.stride, self.padding,
-                                  self.padding_mode)
+                                  self.padding_mode, getattr(self, "activation", None))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ stylize_fast/ops/padded_conv_triton.py (triton); the reference in padded_conv_re
 Every backend implements the same internal signature
 
     fwd(input, weight, bias, stride: tuple[int, int], padding: tuple[int, int],
-        padding_mode_code: int) -> output
+        padding_mode_code: int, activation_code: int) -> output
+
+(activation_code: 0 none, 1 relu, applied in the kernels' output store.)
 
 with the arguments already checked by :func:`check_args` (same dtype and device, groups = 1).
 The output has the input's suggested memory format (channels_last in -> channels_last out).
@@ -23,6 +25,7 @@ from .. import _extension, backends, config
 from . import padded_conv_reference as reference
 from .common import (
     FLOATING_DTYPES,
+    Activation,
     PaddingMode,
     output_memory_format,
     padding_mode_code,
@@ -111,6 +114,23 @@ def check_args(
     return stride, padding, code
 
 
+# The activations the padded convolution fuses (a subset of common.ACTIVATION_NAMES).
+CONV_ACTIVATIONS = {None: Activation.NONE, "none": Activation.NONE, "relu": Activation.RELU}
+
+
+def check_activation(activation: str | None, *, fn: str = "padded_conv2d") -> Activation:
+    """The kernel code of the public ``activation`` argument (None or ``"relu"``), or a clear
+    ValueError naming it."""
+    key = activation.lower() if isinstance(activation, str) else activation
+    try:
+        return CONV_ACTIVATIONS[key]
+    except (KeyError, TypeError):
+        pass
+    hint = (" ('leaky_relu' is not implemented for the padded convolution yet)"
+            if key == "leaky_relu" else "")
+    raise ValueError(f"{fn}: activation must be None or 'relu', got {activation!r}{hint}")
+
+
 def output_shape(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
                  padding: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(N, O, HO, WO)`` of the padded convolution."""
@@ -127,12 +147,14 @@ def padded_conv2d_checked(
     stride: tuple[int, int],
     padding: tuple[int, int],
     padding_mode: int,
+    activation: int = Activation.NONE,
 ) -> torch.Tensor:
     """Run the selected backend on checked arguments."""
     if input.numel() == 0:
-        return reference.padded_conv2d_forward(input, weight, bias, stride, padding, padding_mode)
+        return reference.padded_conv2d_forward(input, weight, bias, stride, padding, padding_mode,
+                                               activation)
     _, fn = backends.select(OP, input, weight, bias, stride, padding, padding_mode)
-    return fn(input, weight, bias, stride, padding, int(padding_mode))
+    return fn(input, weight, bias, stride, padding, int(padding_mode), int(activation))
 
 
 def padded_conv2d(
@@ -142,9 +164,10 @@ def padded_conv2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     padding_mode: str = "reflect",
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """``F.conv2d(F.pad(input, (pw, pw, ph, ph), padding_mode), weight, bias, stride)`` without
-    building the padded tensor.
+    """``act(F.conv2d(F.pad(input, (pw, pw, ph, ph), padding_mode), weight, bias, stride))``
+    without building the padded tensor; the activation is applied in the kernel's output store.
 
     Args:
         input: ``(N, C, H, W)``, float16 / bfloat16 / float32 / float64, any memory format.
@@ -153,6 +176,8 @@ def padded_conv2d(
         stride: int or ``(sh, sw)``, >= 1.
         padding: int or ``(ph, pw)``, >= 0; reflect needs ``ph < H`` and ``pw < W``.
         padding_mode: ``"reflect"``, ``"replicate"`` or ``"zeros"``.
+        activation: None or ``"relu"``. With ``"relu"`` the backward masks the gradient with
+            ``output > 0`` (the output is saved for it; without an activation it is not).
 
     Returns:
         ``(N, O, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)`` in the input's memory
@@ -164,7 +189,8 @@ def padded_conv2d(
         input, weight = input.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
     stride, padding, code = check_args(input, weight, bias, stride, padding, padding_mode)
-    return padded_conv2d_checked(input, weight, bias, stride, padding, code)
+    act = check_activation(activation)
+    return padded_conv2d_checked(input, weight, bias, stride, padding, code, act)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,32 +199,38 @@ def padded_conv2d(
 
 def register_autograd(fwd_op, bwd_op) -> None:
     """Make ``fwd_op`` (schema of padded_conv2d_fwd) differentiable via ``bwd_op`` (schema of
-    padded_conv2d_bwd). Saves input and weight; the output is not saved. Used by the Triton
+    padded_conv2d_bwd). Saves input and weight, and with an activation the output (the
+    backward's mask is ``output > 0``); without one the output is not saved. Used by the Triton
     ops; the compiled op has the same in C++ (csrc/autograd.cpp)."""
 
     def setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, padding_mode = inputs
-        ctx.save_for_backward(input, weight)
+        input, weight, bias, stride, padding, padding_mode = inputs[:6]
+        ctx.activation = int(inputs[6]) if len(inputs) > 6 else 0
+        if ctx.activation:
+            ctx.save_for_backward(input, weight, output)
+        else:
+            ctx.save_for_backward(input, weight)
         ctx.has_bias = bias is not None
         ctx.stride, ctx.padding, ctx.padding_mode = stride, padding, padding_mode
 
     def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
+        input, weight, *output = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[2]]
         grads = bwd_op(grad_output, input, weight, ctx.stride, ctx.padding, ctx.padding_mode,
-                       mask)
-        return (*(g if m else None for g, m in zip(grads, mask)), None, None, None)
+                       mask, output[0] if output else None, ctx.activation)
+        return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None)
 
     torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
 
 
-def fake_forward(input, weight, bias, stride, padding, padding_mode):
+def fake_forward(input, weight, bias, stride, padding, padding_mode, activation=0):
     return torch.empty(output_shape(input, weight, stride, padding), dtype=input.dtype,
                        device=input.device, memory_format=output_memory_format(input))
 
 
-def fake_backward(grad_output, input, weight, stride, padding, padding_mode, output_mask):
+def fake_backward(grad_output, input, weight, stride, padding, padding_mode, output_mask,
+                  output=None, activation=0):
     # grad_input in the input's layout; grad_weight contiguous; grad_bias (O,); unrequested (0,).
     grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
                               memory_format=output_memory_format(input))

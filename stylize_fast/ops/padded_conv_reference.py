@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import PaddingMode
+from .common import Activation, PaddingMode
 
 _PAD_MODES = {PaddingMode.ZEROS: "constant", PaddingMode.REFLECT: "reflect",
               PaddingMode.REPLICATE: "replicate"}
@@ -30,10 +30,14 @@ def padded_conv2d_forward(
     stride: tuple[int, int],
     padding: tuple[int, int],
     padding_mode: int,
+    activation: int = Activation.NONE,
 ) -> torch.Tensor:
     """input ``(N, C, H, W)``, weight ``(O, C, KH, KW)``, bias ``(O,)`` or None ->
-    ``(N, O, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)``."""
+    ``(N, O, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)``, then the activation
+    (code 0 none, 1 relu)."""
     if padding_mode == PaddingMode.ZEROS:
         # F.conv2d's own zero padding is the same arithmetic, without the copy.
-        return F.conv2d(input, weight, bias, tuple(stride), tuple(padding))
-    return F.conv2d(pad(input, padding, padding_mode), weight, bias, tuple(stride))
+        out = F.conv2d(input, weight, bias, tuple(stride), tuple(padding))
+    else:
+        out = F.conv2d(pad(input, padding, padding_mode), weight, bias, tuple(stride))
+    return torch.relu(out) if activation == Activation.RELU else out

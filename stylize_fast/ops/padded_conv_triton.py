@@ -28,6 +28,9 @@ No padded tensor is ever built.
   split into ``SPLIT`` contiguous ranges. Each program writes its fp32 partial
   ``[SPLIT, c_out, c_in, kh, kw]``; the host sums over ``SPLIT`` in a fixed order
   (deterministic). The bias gradient is summed from the same ``grad_output`` tiles.
+* activation (``ACTIVATION`` = 1, relu): the forward clamps its accumulator in the store; both
+  gradient kernels read ``grad_output`` through the mask ``output > 0`` (the forward's output,
+  loaded with the same tile indices), so relu's backward costs no pass and no temporary.
 
 NCHW, channels_last and other strided layouts are handled through strides (no copies); outputs
 are written in ``input.suggest_memory_format()`` (the rule of ``F.conv2d``). float32 tiles are
@@ -100,6 +103,18 @@ def _variant(p, size, pad, v, MODE: tl.constexpr):
 
 
 @triton.jit
+def _relu_masked(g, o_ptr, offs, mask, ACTIVATION: tl.constexpr, UPCAST: tl.constexpr):
+    """grad_output tile ``g`` through relu's mask: zero where the forward's output (read at
+    ``o_ptr + offs``) is <= 0, as threshold_backward. UPCAST: see ``_mma``."""
+    if ACTIVATION == 1:
+        o = tl.load(o_ptr + offs, mask=mask, other=0.0)
+        if UPCAST:
+            o = o.to(tl.float32)
+        g = tl.where(o <= 0, tl.zeros_like(g), g)
+    return g
+
+
+@triton.jit
 def _mma(a, b, acc, UPCAST: tl.constexpr):
     """acc += a @ b. float32 without TF32. UPCAST multiplies in float32: Triton's interpreter
     stores bfloat16 as raw uint16 bits and its dot would multiply those."""
@@ -134,6 +149,7 @@ def _fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACTIVATION: tl.constexpr = 0,  # 1: relu in the store
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -164,6 +180,8 @@ def _fwd_kernel(
                 acc = _mma(a, b, acc, UPCAST)
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_mask, other=0.0).to(ACC_DTYPE)[None, :]
+    if ACTIVATION == 1:
+        acc = tl.where(acc < 0, 0.0, acc).to(ACC_DTYPE)  # NaN passes, as torch.relu
     y = y_ptr + n[:, None] * syn + co[None, :] * syc + (oh * syh + ow * syw)[:, None]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & co_mask[None, :])
 
@@ -173,12 +191,14 @@ def _bwd_input_kernel(
     gy_ptr, sgn, sgc, sgh, sgw,  # grad_output (N, C_out, OH, OW)
     w_ptr, swo, swi, swh, sww,  # weight (C_out, C_in, KH, KW)
     gx_ptr, sxn, sxc, sxh, sxw,  # grad_input (N, C_in, H, W)
+    o_ptr, son, soc, soh, sow,  # forward output (N, C_out, OH, OW) when ACTIVATION, else dummy
     N, C_in, H, W, C_out, OH, OW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W,
     VARIANTS_H, VARIANTS_W,  # 1 + 2 * pad for reflect / replicate, 1 for zeros
     KH: tl.constexpr, KW: tl.constexpr, MODE: tl.constexpr, ACC_DTYPE: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACTIVATION: tl.constexpr = 0,  # 1: grad_output read through relu's mask (output > 0)
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -191,6 +211,7 @@ def _bwd_input_kernel(
     ci_mask = ci < C_in
     offs_k = tl.arange(0, BLOCK_K)
     gy_n = gy_ptr + n * sgn
+    o_n = o_ptr + n * son
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for v_h in range(VARIANTS_H):
@@ -214,12 +235,16 @@ def _bwd_input_kernel(
                         ow = tl.where(ok_kw, ow, 0)
                         row_mask = ok & ok_kh & ok_kw
                         gy_row = gy_n + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
+                        o_row = oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
                         w_tap = w_ptr + kh * swh + kw * sww
                         for c0 in range(0, C_out, BLOCK_K):
                             co = c0 + offs_k
                             co_mask = co < C_out
-                            a = tl.load(gy_row[:, None] + co[None, :] * sgc,
-                                        mask=row_mask[:, None] & co_mask[None, :], other=0.0)
+                            a_mask = row_mask[:, None] & co_mask[None, :]
+                            a = tl.load(gy_row[:, None] + co[None, :] * sgc, mask=a_mask,
+                                        other=0.0)
+                            a = _relu_masked(a, o_n[:, None], o_row[:, None] + co[None, :] * soc, a_mask,
+                                             ACTIVATION, UPCAST)
                             b = tl.load(w_tap + co[:, None] * swo + ci[None, :] * swi,
                                         mask=co_mask[:, None] & ci_mask[None, :], other=0.0)
                             acc = _mma(a, b, acc, UPCAST)
@@ -233,12 +258,14 @@ def _bwd_weight_kernel(
     x_ptr, sxn, sxc, sxh, sxw,  # input (N, C_in, H, W)
     gw_ptr,  # weight partials (SPLIT, C_out, C_in, KH, KW), contiguous, ACC_DTYPE
     gb_ptr,  # bias partials (SPLIT, C_out), contiguous, ACC_DTYPE; dummy without BIAS_GRAD
+    o_ptr, son, soc, soh, sow,  # forward output (N, C_out, OH, OW) when ACTIVATION, else dummy
     N, C_in, H, W, C_out, OH, OW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W,
     M_PER_SPLIT,  # rows of (n, oh, ow) reduced by one program, a multiple of BLOCK_K
     KH: tl.constexpr, KW: tl.constexpr, MODE: tl.constexpr, BIAS_GRAD: tl.constexpr,
     ACC_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACTIVATION: tl.constexpr = 0,  # 1: grad_output read through relu's mask (output > 0)
 ):
     pid_co = tl.program_id(0)
     pid_1 = tl.program_id(1)  # (c_in tile, tap)
@@ -263,8 +290,10 @@ def _bwd_weight_kernel(
         oh = (offs_m // OW) % OH
         n = (offs_m // (OW * OH)).to(tl.int64)
         gy_col = gy_ptr + n * sgn + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
-        a = tl.load(gy_col[None, :] + co[:, None] * sgc,
-                    mask=co_mask[:, None] & m_mask[None, :], other=0.0)
+        a_mask = co_mask[:, None] & m_mask[None, :]
+        a = tl.load(gy_col[None, :] + co[:, None] * sgc, mask=a_mask, other=0.0)
+        o_col = n * son + oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
+        a = _relu_masked(a, o_ptr, o_col[None, :] + co[:, None] * soc, a_mask, ACTIVATION, UPCAST)
         ih, vh = _source_index(oh * STRIDE_H + kh - PAD_H, H, MODE)
         iw, vw = _source_index(ow * STRIDE_W + kw - PAD_W, W, MODE)
         x_row = x_ptr + n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
@@ -346,6 +375,12 @@ def _geometry(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
     return sh, sw, ph, pw
 
 
+def _activation(activation: int, fn: str) -> int:
+    assert int(activation) in (0, 1), f"{fn}: activation must be 0 (none) or 1 (relu), got " \
+        f"{activation}"
+    return int(activation)
+
+
 def _fwd_blocks(dtype: torch.dtype, c_in: int, c_out: int) -> tuple[int, int, int, int]:
     # tl.dot needs tiles >= 16 in every dimension; float64 tiles are halved in size to keep
     # registers in bounds.
@@ -355,9 +390,10 @@ def _fwd_blocks(dtype: torch.dtype, c_in: int, c_out: int) -> tuple[int, int, in
 
 def _padded_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor,
                              bias: torch.Tensor | None, stride: Sequence[int],
-                             padding: Sequence[int], padding_mode: int) -> torch.Tensor:
+                             padding: Sequence[int], padding_mode: int,
+                             activation: int = 0) -> torch.Tensor:
     """input ``(N, C_in, H, W)``, weight ``(C_out, C_in, KH, KW)``, bias ``(C_out,)`` or None
-    -> ``(N, C_out, OH, OW)`` in ``input.suggest_memory_format()``."""
+    -> ``(N, C_out, OH, OW)`` in ``input.suggest_memory_format()``, relu'd for activation 1."""
     sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode,
                                "padded_conv2d_fwd_triton")
     n, c_in, h, w = input.shape
@@ -377,6 +413,7 @@ def _padded_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor,
         KH=kh, KW=kw, MODE=int(padding_mode), HAS_BIAS=bias is not None,
         ACC_DTYPE=_acc_dtype(input.dtype), UPCAST=_upcast(input.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        ACTIVATION=_activation(activation, "padded_conv2d_fwd_triton"),
         num_warps=warps)
     return out
 
@@ -393,10 +430,13 @@ def _weight_splits(total: int, block_k: int, base_programs: int) -> int:
 def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
                              weight: torch.Tensor, stride: Sequence[int],
                              padding: Sequence[int], padding_mode: int,
-                             output_mask: Sequence[bool]
+                             output_mask: Sequence[bool], output: torch.Tensor | None = None,
+                             activation: int = 0
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad_output ``(N, C_out, OH, OW)`` -> (grad_input ``(N, C_in, H, W)``, grad_weight
-    ``(C_out, C_in, KH, KW)``, grad_bias ``(C_out,)``); unrequested ones are empty ``(0,)``."""
+    ``(C_out, C_in, KH, KW)``, grad_bias ``(C_out,)``); unrequested ones are empty ``(0,)``.
+    With activation 1 (relu) grad_output is read through the mask ``output > 0`` in the
+    kernels' loads (``output``: the forward's result)."""
     fn = "padded_conv2d_bwd_triton"
     sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode, fn)
     n, c_in, h, w = input.shape
@@ -405,6 +445,14 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
     assert tuple(grad_output.shape) == (n, c_out, oh, ow), \
         f"{fn}: grad_output must have shape {(n, c_out, oh, ow)}, got {tuple(grad_output.shape)}"
     assert len(output_mask) == 3, f"{fn}: output_mask must have 3 elements, got {list(output_mask)}"
+    act = _activation(activation, fn)
+    if act:
+        assert output is not None and tuple(output.shape) == tuple(grad_output.shape), \
+            f"{fn}: with an activation, output (the forward's result) of grad_output's shape " \
+            f"{tuple(grad_output.shape)} is needed, got " \
+            f"{None if output is None else tuple(output.shape)}"
+    # Without an activation the kernels never read the output: any tensor stands in.
+    out_t = output if act else grad_output
     mode = int(padding_mode)
     acc = _acc_dtype(input.dtype)
     acc_torch = torch.float64 if input.dtype == torch.float64 else torch.float32
@@ -420,10 +468,10 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
             grid = (triton.cdiv(n * h * w, bm), triton.cdiv(c_in, bn))
             torch.library.wrap_triton(_bwd_input_kernel)[grid](
                 grad_output, *grad_output.stride(), weight, *weight.stride(),
-                grad_input, *grad_input.stride(),
+                grad_input, *grad_input.stride(), out_t, *out_t.stride(),
                 n, c_in, h, w, c_out, oh, ow, sh, sw, ph, pw, variants_h, variants_w,
                 KH=kh, KW=kw, MODE=mode, ACC_DTYPE=acc, UPCAST=_upcast(input.dtype),
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=act,
                 num_warps=warps)
 
     if output_mask[1] or output_mask[2]:
@@ -440,11 +488,11 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
         grid = (triton.cdiv(c_out, bm), triton.cdiv(c_in, bn) * kh * kw, split)
         torch.library.wrap_triton(_bwd_weight_kernel)[grid](
             grad_output, *grad_output.stride(), input, *input.stride(),
-            weight_part, bias_part,
+            weight_part, bias_part, out_t, *out_t.stride(),
             n, c_in, h, w, c_out, oh, ow, sh, sw, ph, pw, m_per_split,
             KH=kh, KW=kw, MODE=mode, BIAS_GRAD=bool(output_mask[2]), ACC_DTYPE=acc,
             UPCAST=_upcast(input.dtype),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=act, num_warps=4)
         if output_mask[1]:
             grad_weight = weight_part.sum(0).to(weight.dtype)
         if output_mask[2]:
@@ -475,7 +523,7 @@ def compile_report(capability: int = 90,
         big = 32 if dtype == torch.float64 else 64
         bm, bn, bk, warps = _fwd_blocks(dtype, 1 << 16, 1 << 16)
         common = dict(KH=3, KW=3, MODE=int(mode), ACC_DTYPE=_acc_dtype(dtype), UPCAST=False,
-                      BLOCK_N=bn, BLOCK_K=bk)
+                      BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=0)
         kernels = [
             (_fwd_kernel, dict(common, BLOCK_M=bm, HAS_BIAS=True), warps),
             (_bwd_input_kernel, dict(common, BLOCK_M=bm), warps),
@@ -498,9 +546,9 @@ def compile_report(capability: int = 90,
 
 # Schemas as declared for the compiled ops in csrc/ops.cpp.
 _FWD_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-               "int padding_mode) -> Tensor")
+               "int padding_mode, int activation=0) -> Tensor")
 _BWD_SCHEMA = ("(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
-               "int padding_mode, bool[3] output_mask) "
+               "int padding_mode, bool[3] output_mask, Tensor? output=None, int activation=0) "
                "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)")
 
 

@@ -44,9 +44,12 @@ static conv::ConvShape shape_of(const at::Tensor& x, const at::Tensor& w,
   return s;
 }
 
+// activation: 0 none, 1 relu (the kernels' epilogue).
 at::Tensor fwd(at::Tensor x, at::Tensor w, std::optional<at::Tensor> bias,
-               std::vector<int64_t> stride, std::vector<int64_t> padding, int64_t mode) {
+               std::vector<int64_t> stride, std::vector<int64_t> padding, int64_t mode,
+               int64_t activation) {
   conv::ConvShape s = shape_of(x, w, stride, padding, mode);
+  s.activation = int(activation);
   auto y = at::empty({s.n, s.c_out, s.oh, s.ow}, x.options(), x.suggest_memory_format());
   set_strides(s.y_stride, y);
   at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -57,12 +60,19 @@ at::Tensor fwd(at::Tensor x, at::Tensor w, std::optional<at::Tensor> bias,
   return y;
 }
 
-// Returns grad_input, grad_weight, grad_bias and the number of weight-gradient splits.
+// Returns grad_input, grad_weight, grad_bias and the number of weight-gradient splits. With
+// activation 1 the kernels read gy through relu's mask, out (the forward's output) > 0.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> bwd(
     at::Tensor gy, at::Tensor x, at::Tensor w, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, int64_t mode, bool with_bias) {
+    std::vector<int64_t> padding, int64_t mode, bool with_bias, std::optional<at::Tensor> out,
+    int64_t activation) {
   conv::ConvShape s = shape_of(x, w, stride, padding, mode);
   set_strides(s.y_stride, gy);
+  if (activation != 0) {
+    s.activation = int(activation);
+    s.out = out->data_ptr();
+    set_strides(s.o_stride, *out);
+  }
   auto gx = at::empty(x.sizes(), x.options(), x.suggest_memory_format());
   conv::ConvShape sx = s;
   set_strides(sx.x_stride, gx);

@@ -1,7 +1,9 @@
 """Emulated CUDA padded-conv kernels (csrc/cuda/padded_conv_kernels.cu) vs the float64
 reference (F.pad + F.conv2d): forward, input / weight / bias gradients; NCHW, channels_last and
 strided inputs; strides 1 and 2; zeros / reflect / replicate padding; four dtypes; odd shapes,
-more than one 64-wide tile along C_out and C_in, the weight gradient split over several blocks."""
+more than one 64-wide tile along C_out and C_in, the weight gradient split over several blocks;
+the relu epilogue (activation 1: relu in the forward's store, the backward's loads of grad_output
+through the mask output > 0, output in a layout other than grad_output's too)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class Case(NamedTuple):
     stride: int
     mode: int
     bias: bool
+    activation: int = 0
 
 
 def cases() -> list[Case]:
@@ -57,6 +60,13 @@ def cases() -> list[Case]:
             itertools.product((GEOMETRIES[0], GEOMETRIES[5]), HALF_DTYPES, (1, 2), MODES)):
         out.append(Case(g, LAYOUTS[i % 2], dtype, stride, mode, bias=i % 4 != 3))
     out += [Case(GEOMETRIES[0], "strided", torch.float32, 1, mode, True) for mode in MODES]
+    # relu epilogue: every geometry x layout x stride (padding modes in turn), and the other
+    # dtypes on the first geometry.
+    for i, (g, layout, stride) in enumerate(itertools.product(GEOMETRIES, LAYOUTS, (1, 2))):
+        out.append(Case(g, layout, torch.float32, stride, list(MODES)[i % 3], i % 3 != 2, 1))
+    for i, dtype in enumerate(HALF_DTYPES):
+        out.append(Case(GEOMETRIES[0], LAYOUTS[i % 2], dtype, 1 + i % 2, list(MODES)[i % 3],
+                        True, 1))
     return out
 
 
@@ -76,20 +86,32 @@ def check_case(emu, case: Case) -> int:
     w = (torch.randn(g.c_out, g.shape[1], *g.kernel, dtype=torch.float64) * scale).to(dtype)
     b = torch.randn(g.c_out, dtype=torch.float64).to(dtype) if case.bias else None
     with testing.poisoned_outputs():
-        y = emu.fwd(x, w, b, list(stride), list(padding), case.mode)
+        y = emu.fwd(x, w, b, list(stride), list(padding), case.mode, case.activation)
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
     b64 = b.double().requires_grad_() if b is not None else None
     y64 = ref.padded_conv2d_forward(x64, w64, b64, stride, padding, case.mode)
     testing.assert_all_written(y)
-    testing.assert_close(y, y64, name="output", **_tolerance(dtype, False))
+    if case.activation:
+        clamped = (y64 < 0).double().mean().item()
+        assert 0.1 < clamped < 0.9, f"{clamped:.0%} of the outputs negative: the mask is untested"
+        testing.assert_close(y, torch.relu(y64), name="output", **_tolerance(dtype, False))
+        assert (y[y64 < 0] <= 0).all() and not (y < 0).any(), "relu not applied"
+    else:
+        testing.assert_close(y, y64, name="output", **_tolerance(dtype, False))
     expected_format = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
     assert y.is_contiguous(memory_format=expected_format), "output not in the input's layout"
 
     gy = testing.make_input(y.shape, dtype, case.layout, mean=0.0, std=1.0)
+    # The mask is read from an output in the other layout than grad_output's: its own strides.
+    out = y.contiguous(memory_format=torch.contiguous_format if y.stride(1) == 1
+                       else torch.channels_last)
     with testing.poisoned_outputs():
-        gx, gw, gb, splits = emu.bwd(gy, x, w, list(stride), list(padding), case.mode, case.bias)
+        gx, gw, gb, splits = emu.bwd(gy, x, w, list(stride), list(padding), case.mode, case.bias,
+                                     out if case.activation else None, case.activation)
     wanted = [t for t in (x64, w64, b64) if t is not None]
-    expected = torch.autograd.grad(y64, wanted, gy.double())
+    # relu's backward with the kernel's own output as the mask (what autograd hands it).
+    gy64 = gy.double() * (y > 0) if case.activation else gy.double()
+    expected = torch.autograd.grad(y64, wanted, gy64)
     got = [gx, gw] + ([gb] if case.bias else [])
     for a, e, name in zip(got, expected, ("grad_input", "grad_weight", "grad_bias")):
         testing.assert_all_written(a, name)
@@ -110,7 +132,8 @@ def run(emu) -> tuple[int, int]:
         except Exception as exc:  # noqa: BLE001 (report every failing case)
             failures += 1
             print(f"FAIL {case.geometry.name} {case.geometry.shape} {case.layout} {case.dtype} "
-                  f"stride={case.stride} mode={MODES[case.mode]} bias={case.bias}: "
+                  f"stride={case.stride} mode={MODES[case.mode]} bias={case.bias} "
+                  f"activation={case.activation}: "
                   f"{type(exc).__name__}: {exc}"[:1500], flush=True)
     print(f"weight-gradient split counts reached: {sorted(splits_seen)}")
     print(f"cuda emulation, padded conv: {len(all_cases)} cases, {failures} failed", flush=True)
