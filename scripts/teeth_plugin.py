@@ -56,7 +56,10 @@ def calls_touched(func, args, out) -> list[tuple[str, str, str, str, int]]:
     dtype = str(x.dtype).removeprefix("torch.")
     if kind == "fwd":
         return [(op, backend, dtype, "output", 0)]
-    mask = args[-1] if isinstance(args[-1], (list, tuple)) else [True] * 3
+    # The bool[3] output_mask, wherever the schema puts it (padded_conv2d_bwd appends output and
+    # activation after it); every gradient where a call gives none.
+    mask = next((a for a in args if isinstance(a, (list, tuple)) and len(a) == 3
+                 and all(isinstance(v, bool) for v in a)), [True] * 3)
     return [(op, backend, dtype, name, i) for i, name in enumerate(GRADS)
             if mask[i] and isinstance(out[i], torch.Tensor) and out[i].numel() > 0]
 
