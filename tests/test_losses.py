@@ -139,3 +139,95 @@ def test_perceptual_loss_needs_style_and_matching_network():
     with pytest.raises(ValueError, match="relu3_3"):
         PerceptualLoss(LossConfig(content_layers=["relu3_3"]),
                        vgg=VGGFeatures("vgg16", ["relu1_2"]))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gram_matrix_float32_under_autocast_and_no_feature_copy(layout):
+    """One float32 GEMM also under bfloat16 autocast (which would otherwise run bmm in
+    bfloat16), and float32 features of either layout are read in place: the only allocation is
+    the (N, C, C) result."""
+    from stylize_fast.bench.memory import peak_bytes
+
+    f = torch.randn(2, 16, 9, 7) + 0.5
+    if layout == "channels_last":
+        f = f.contiguous(memory_format=torch.channels_last)
+    expected = _gram_broadcast(f.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = gram_matrix(f)
+    assert g.dtype == torch.float32
+    torch.testing.assert_close(g.double(), expected, rtol=1e-5, atol=1e-6)
+    result_bytes = 2 * 16 * 16 * 4  # a copy of f would add 8064 bytes, a second result 2048
+    assert result_bytes <= peak_bytes(lambda: gram_matrix(f)) < 2 * result_bytes
+
+
+def _eager_features(vgg, x):
+    """Every layer of the VGG stack by hand with F.conv2d / F.relu / F.max_pool2d."""
+    h = (x - vgg.mean.to(x.dtype)) / vgg.std.to(x.dtype)
+    out = {}
+    for name, module in zip(vgg.names, vgg.features):
+        if name.startswith("conv"):
+            h = torch.nn.functional.conv2d(h, module.weight, module.bias, padding=1)
+        elif name.startswith("relu"):
+            h = torch.relu(h)
+        else:
+            h = torch.nn.functional.max_pool2d(h, 2, 2)
+        out[name] = h
+    return out
+
+
+def _examples_terms_by_hand(vgg, cfg, out, content, style):
+    fo, fc, fs = _eager_features(vgg, out), _eager_features(vgg, content), \
+        _eager_features(vgg, style)
+    c = sum(((fo[k] - fc[k]) ** 2).mean() for k in cfg.content_layers)
+    s = sum(((_gram_broadcast(fo[k]) - _gram_broadcast(fs[k])) ** 2).mean()
+            for k in cfg.style_layers)
+    return {"content": cfg.content_weight * c, "style": cfg.style_weight * s}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_perceptual_loss_on_package_kernels_matches_eager_by_hand(dtype):
+    """The examples preset on the package-kernel network against the loss written out with
+    eager ops; float64 with the C++ kernel forced (auto would pick F.conv2d there)."""
+    import stylize_fast as sf
+
+    cfg = loss_config("examples")
+    loss = PerceptualLoss(cfg, vgg_weights="random", init_seed=4).to(dtype)
+    assert loss.vgg.kernels == "package"
+    gen = torch.Generator().manual_seed(0)
+    style, content, out = ((torch.rand(n, 3, 36, 44, generator=gen) * 255).to(dtype)
+                           for n in (1, 2, 2))
+    with sf.backends.use("cpu") if dtype == torch.float64 else sf.config.override():
+        loss.set_style(style)
+        terms = loss(out, content)
+    expected = _examples_terms_by_hand(loss.vgg, cfg, out, content, style)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    for k in ("content", "style"):
+        torch.testing.assert_close(terms[k].double(), expected[k].double(), rtol=rtol, atol=0)
+    assert terms["tv"].item() == 0.0
+
+
+@pytest.mark.parametrize("kernels", ["package", "eager"])
+@pytest.mark.parametrize("preset,content_convs,style_convs,all_convs", [
+    ("examples", 4, 10, 10), ("johnson", 7, 10, 10), ("ulyanov", 10, 9, 10)])
+def test_content_pass_stops_at_deepest_content_layer(kernels, preset, content_convs, style_convs,
+                                                     all_convs, monkeypatch):
+    """The no-grad content pass runs the convs to the deepest content layer only, the output
+    pass to the deepest of all layers; the style pass runs once, in set_style."""
+    from stylize_fast.training import vgg as vgg_mod
+
+    loss = PerceptualLoss(loss_config(preset), vgg_weights="random", kernels=kernels)
+    calls = []  # grad mode of every conv run
+
+    real = vgg_mod._conv_relu
+    monkeypatch.setattr(vgg_mod, "_conv_relu",
+                        lambda x, conv: calls.append(torch.is_grad_enabled()) or real(x, conv))
+    for m in loss.vgg.features:
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
+    loss.set_style(torch.rand(1, 3, 24, 24) * 255)
+    assert calls == [False] * style_convs
+    for _ in range(2):
+        calls.clear()
+        out = (torch.rand(2, 3, 24, 24) * 255).requires_grad_(True)
+        loss(out, torch.rand(2, 3, 24, 24) * 255)["total"].backward()
+        assert sorted(calls) == [False] * content_convs + [True] * all_convs

@@ -85,12 +85,19 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W) -> (N, C, C)``: ``F F^T / (C H W)``, computed in float32 (or float64)."""
+    """``(N, C, H, W) -> (N, C, C)``: ``F F^T / (C H W)``, one batched GEMM in float32 (or
+    float64), also under autocast.
+
+    Contiguous and channels_last features both reshape to ``(N, C, H*W)`` as a view (channels_last
+    gives the transposed matrix, which the GEMM reads as such): no copy beyond the float32 cast of
+    half-precision features."""
     if features.dim() != 4:
         raise ValueError(f"gram_matrix: features must be (N, C, H, W), got {tuple(features.shape)}")
     n, c, h, w = features.shape
     f = features.to(_acc_dtype(features)).reshape(n, c, h * w)
-    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+    with torch.autocast(f.device.type, enabled=False):  # autocast would run bmm in bfloat16
+        # In place: bmm's backward keeps its inputs, not its output; saves a (N, C, C) buffer.
+        return torch.bmm(f, f.transpose(1, 2)).div_(c * h * w)
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -126,16 +133,21 @@ class PerceptualLoss(nn.Module):
     """Content + style + TV loss of a generator output against its content input.
 
     ``forward(output, content)``: both ``(N, 3, H, W)`` RGB in [0, 255]; returns a dict of
-    float32 scalars ``content``, ``style``, ``tv`` (weighted) and ``total``.
+    float32 scalars ``content``, ``style``, ``tv`` (weighted) and ``total``. The no-grad pass over
+    ``content`` runs the loss network only to the deepest content layer; the pass over
+    ``output`` to the deepest of all layers. ``kernels`` chooses the loss network's kernels when
+    it is built here (see :class:`VGGFeatures`).
     """
 
     def __init__(self, config: LossConfig, vgg: VGGFeatures | None = None,
-                 vgg_weights: str | os.PathLike | None = None, init_seed: int = 0) -> None:
+                 vgg_weights: str | os.PathLike | None = None, init_seed: int = 0,
+                 kernels: str = "package") -> None:
         super().__init__()
         self.config = config
         layers = list(dict.fromkeys([*config.content_layers, *config.style_layers]))
+        self.layers = layers
         if vgg is None:
-            vgg = build_vgg(config.vgg, layers, vgg_weights, init_seed=init_seed)
+            vgg = build_vgg(config.vgg, layers, vgg_weights, init_seed=init_seed, kernels=kernels)
         elif vgg.arch != config.vgg or any(name not in vgg.layers for name in layers):
             raise ValueError(f"the given loss network ({vgg.arch}, {vgg.layers}) does not provide "
                              f"{config.vgg} layers {layers}")
@@ -155,7 +167,11 @@ class PerceptualLoss(nn.Module):
         autocast)."""
         if style.dim() != 4 or style.shape[:2] != (1, 3):
             raise ValueError(f"style image must be (1, 3, H, W), got {tuple(style.shape)}")
-        feats = self.vgg(style.to(self.vgg.features[0].weight.dtype))
+        if not self.config.style_layers:
+            self.target_grams = {}
+            return
+        feats = self.vgg(style.to(self.vgg.features[0].weight.dtype),
+                         layers=self.config.style_layers)
         self.target_grams = {k: gram_matrix(feats[k]) for k in self.config.style_layers}
 
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -164,8 +180,8 @@ class PerceptualLoss(nn.Module):
             raise RuntimeError("PerceptualLoss: call set_style(style_image) before computing "
                                "the loss")
         with torch.no_grad():
-            target = self.vgg(content) if cfg.content_layers else {}
-        feats = self.vgg(output)
+            target = self.vgg(content, layers=cfg.content_layers) if cfg.content_layers else {}
+        feats = self.vgg(output, layers=self.layers)
         zero = output.new_zeros((), dtype=_acc_dtype(output))
         c = sum((content_loss(feats[k], target[k]) for k in cfg.content_layers), zero)
         if cfg.style_layers:

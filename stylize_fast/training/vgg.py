@@ -5,18 +5,29 @@ torchvision, so torchvision weight files (``vgg16-397923af.pth``, ``vgg19-dcbb9e
 directly. Weights come from an explicit file, else the torch hub cache, else a download from the
 official URL with the SHA-256 prefix in the file name checked. ``"random"`` gives an untrained
 network for tests and offline smoke runs; it is labelled as such everywhere it is recorded.
+
+The forward pass runs on the package's kernels by default (``kernels="package"``): every 3x3
+convolution through :func:`stylize_fast.functional.padded_conv2d` (zero padding) in
+channels_last with the ReLU right after it, max pools on the channels_last maps. ``"eager"``
+runs the plain ``nn.Conv2d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` modules in the input's layout (the
+PyTorch examples' loss network: the reference of the equivalence tests and the benchmarks'
+baseline). Both use the same ``features.N`` parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import urllib.error
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .. import functional as sff
 
 # Channel plan of torchvision's VGG "D" (16) and "E" (19) configurations; "M" is a 2x2 max pool.
 _CONFIGS: dict[str, list[int | str]] = {
@@ -37,6 +48,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RANDOM = "random"
+
+KERNELS = ("package", "eager")
+
+
+def _has_fused_activation() -> bool:
+    return "activation" in inspect.signature(sff.padded_conv2d).parameters
+
+
+# Whether padded_conv2d applies the ReLU in its own epilogue (one pass over the output fewer).
+_FUSED_RELU = _has_fused_activation()
+
+
+def _conv_relu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``relu(conv(x))`` of one VGG 3x3 convolution (zero padding 1) on the package kernel. The
+    fused form (``activation="relu"``) is used where padded_conv2d has it; otherwise the ReLU
+    runs in place on the fresh output (the kernel's backward keeps input and weight, not its
+    output). Frozen weights: autograd asks the kernel for the input gradient only."""
+    if _FUSED_RELU:
+        return sff.padded_conv2d(x, conv.weight, conv.bias, padding=1, padding_mode="zeros",
+                                 activation="relu")
+    return torch.relu_(sff.padded_conv2d(x, conv.weight, conv.bias, padding=1,
+                                         padding_mode="zeros"))
 
 
 def layer_names(arch: str) -> list[str]:
@@ -138,15 +171,19 @@ class VGGFeatures(nn.Module):
     """The convolutional part of VGG-16/19, truncated after the deepest requested layer.
 
     Input: ``(N, 3, H, W)`` RGB in [0, 255] (as the generators produce); ImageNet normalisation
-    happens inside. Output: ``{layer_name: (N, C_l, H_l, W_l)}`` for every requested layer.
+    happens inside. Output: ``{layer_name: (N, C_l, H_l, W_l)}`` for every requested layer
+    (channels_last with ``kernels="package"``, the input's layout with ``"eager"``).
     Parameters are frozen (``requires_grad=False``); the module stays in eval mode.
+    ``kernels``: ``"package"`` (default) or ``"eager"``, see the module docstring; an attribute
+    that may be changed later.
     """
 
     def __init__(self, arch: str = "vgg16", layers: Iterable[str] = ("relu2_2",),
-                 init_seed: int = 0) -> None:
+                 init_seed: int = 0, kernels: str = "package") -> None:
         super().__init__()
         names = layer_names(arch)
         self.arch = arch
+        self.kernels = kernels
         self.layers = list(dict.fromkeys(layers))
         unknown = [name for name in self.layers if name not in names]
         if unknown or not self.layers:
@@ -208,24 +245,71 @@ class VGGFeatures(nn.Module):
         self.features.load_state_dict(loaded)
         self.source = source or WeightSource("file")
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def kernels(self) -> str:
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value: str) -> None:
+        if value not in KERNELS:
+            raise ValueError(f"VGGFeatures: kernels must be one of {KERNELS}, got {value!r}")
+        self._kernels = value
+
+    def forward(self, x: torch.Tensor, layers: Iterable[str] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Features of ``layers`` (default: the layers given at construction; any layer up to
+        the deepest of those). The network runs only as deep as the deepest layer asked for."""
+        wanted = self.layers if layers is None else list(dict.fromkeys(layers))
+        unknown = [name for name in wanted if name not in self.names]
+        if unknown or not wanted:
+            raise ValueError(f"VGGFeatures.forward: layer(s) {unknown or '(none given)'} not in "
+                             f"this network (built to {self.names[-1]}: {self.names})")
+        depth = max(self.names.index(name) for name in wanted) + 1
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if self.kernels == "eager":
+            return self._forward_eager(x, set(wanted), depth)
+        return self._forward_package(x.contiguous(memory_format=torch.channels_last),
+                                     set(wanted), depth)
+
+    def _forward_eager(self, x: torch.Tensor, wanted: set[str], depth: int
+                       ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        wanted = set(self.layers)
-        for name, module in zip(self.names, self.features):
+        for name, module in zip(self.names[:depth], self.features):
             x = module(x)
             if name in wanted:
                 out[name] = x
         return out
 
+    def _forward_package(self, x: torch.Tensor, wanted: set[str], depth: int
+                         ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        i = 0
+        while i < depth:
+            module = self.features[i]
+            if isinstance(module, nn.Conv2d):
+                # Conv and its ReLU in one step; a conv layer's output is reported after the
+                # ReLU, as the eager path's in-place ReLU leaves it.
+                x = _conv_relu(x, module)
+                names = self.names[i:i + 2]
+                i += 2
+            else:
+                x = F.max_pool2d(x, kernel_size=2, stride=2)
+                names = self.names[i:i + 1]
+                i += 1
+            for name in names:
+                if name in wanted:
+                    out[name] = x
+        return out
+
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, layers={self.layers}, weights={self.source.label!r}"
+        return (f"arch={self.arch!r}, layers={self.layers}, kernels={self.kernels!r}, "
+                f"weights={self.source.label!r}")
 
 
 def build_vgg(arch: str, layers: Iterable[str], weights: str | os.PathLike | None = None,
-              init_seed: int = 0) -> VGGFeatures:
+              init_seed: int = 0, kernels: str = "package") -> VGGFeatures:
     """A frozen :class:`VGGFeatures` with weights from :func:`locate_weights`."""
-    net = VGGFeatures(arch, layers, init_seed=init_seed)
+    net = VGGFeatures(arch, layers, init_seed=init_seed, kernels=kernels)
     source = locate_weights(arch, weights)
     if not source.is_random:
         state = torch.load(source.path, map_location="cpu", weights_only=True)
