@@ -359,8 +359,6 @@ def test_cli_workers_and_channels_last_flags():
 
 
 
-@pytest.mark.xfail(strict=True, reason="losses.gram_matrix's torch.bmm is autocast to bfloat16; "
-                   "issue 16 wants float32 Grams (fix in losses.py: autocast off around it)")
 @pytest.mark.filterwarnings("ignore:skipping unreadable image")
 def test_amp_gram_matrices_are_float32(images, tmp_path, monkeypatch):
     from stylize_fast.training import losses as losses_mod
