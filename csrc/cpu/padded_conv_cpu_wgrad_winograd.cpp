@@ -14,13 +14,15 @@
 //     M[xi] (O x C) += E[xi]^T (O x tiles) . V[xi] (tiles x C),
 // 36 multiply-adds per tile and channel pair against the direct method's 144.
 //
-// Work: the tiles of all images, in order, are cut into chunks whose transformed V and E of
-// one point stay in L2 while that point's GEMM runs. Per chunk, the threads first transform the
-// chunk's tiles (the input through the padding index map, source_index: no padded copy, no
-// border correction), then run the GEMMs split into (point, block of output channels) tasks,
-// each adding into its own rows of the float32 sums M [36][Opad][Cpad]. A sum is added to in
-// chunk order and tile order whatever the thread count: results are bit-identical across thread
-// counts. Last, dW = G^T M G in float64, rounded once to float32.
+// Work: the tiles of all images, in order, are cut into at most 16 tasks (a cut that depends
+// only on the shape; fewer for wide layers, whose sums are large); each task sums into its own float32 M [36][Opad][Cpad], and the tasks'
+// sums are added in task order in float64 at the end: bit-identical results for every thread
+// count, and no thread waits for another before the end (other loads on the machine then cost
+// only their own time). A task runs its tiles a chunk at a time: the chunk's input patches are
+// transformed (through the padding index map, source_index: no padded copy and no border
+// correction) into V [36][chunk][Cpad], its output gradients into E [36][chunk][Opad], then the
+// 36 GEMMs add E[xi]^T V[xi] into M[xi]; a chunk is sized so that one point's V and E slices
+// stay in L2 while its GEMM runs. Last, dW = G^T M G in float64, rounded once to float32.
 //
 // Accuracy: the transforms' constants (up to 8 in A, 5 in B^T, 1/24 in G) cost a few bits
 // against direct summation, as in the forward: errors around 1e-5 of the gradient's scale,
@@ -37,6 +39,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -57,24 +60,27 @@ struct WgradWinogradJob {
   int64_t tiles_w, tiles;    // tiles per row, per image
   const int64_t* row_src;    // padded row -> source row, -1 for a zero row
   const int64_t* col_src;    // padded column -> source column, -1 for a zero column
-  float* V;                  // [36][chunk][Cpad]: transformed input of the chunk's tiles
-  float* E;                  // [36][chunk][Opad]: transformed output gradient
-  float* M;                  // [36][Opad][Cpad]: the sums
-  int64_t chunk;             // tiles per chunk (buffer size)
-  int64_t chunk_begin;       // first tile (over all images) of the current chunk
-  int64_t count;             // tiles in the current chunk
-  int64_t o_block, o_blocks; // GEMM tasks: output channels per task, tasks per point
+  int64_t total;             // tiles over all images
+  int64_t task_tiles;        // tiles per task (the last one may have fewer)
+  int64_t chunk;             // tiles transformed and multiplied at a time
 };
 
 struct KernelTable {
-  void (*transform)(const WgradWinogradJob&, int64_t, int64_t);  // float32 tensors
-  void (*transform_bf16)(const WgradWinogradJob&, int64_t, int64_t);
-  void (*gemm)(const WgradWinogradJob&, int64_t, int64_t);
-  int mr;  // output channels per micro-kernel step
+  // run_task(job, task, V, E, M): V [36][chunk][Cpad], E [36][chunk][Opad] scratch, M
+  // [36][Opad][Cpad] the task's sums.
+  void (*run_task)(const WgradWinogradJob&, int64_t, float*, float*, float*);  // float32
+  void (*run_task_bf16)(const WgradWinogradJob&, int64_t, float*, float*, float*);
 };
 
 #define SF_ISA_BODY "cpu/padded_conv_cpu_wgrad_winograd_kernels.h"
 #include "cpu/cpu_isa_kernels.h"
+
+// Tasks per call at most, tiles per task at least, and the most bytes the tasks' sums (tasks x
+// 36 x Opad x Cpad floats) may take: each task writes its sums once per chunk, and they are
+// read once more at the end; wide layers get fewer tasks.
+constexpr int64_t kMaxTasks = 16;
+constexpr int64_t kMinTaskTiles = 64;
+constexpr int64_t kSumBytes = 16 << 20;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -124,7 +130,6 @@ at::Tensor wgrad_winograd(const at::Tensor& grad_output, const at::Tensor& input
   const int64_t tiles_h = (g.ho + 3) / 4;
   j.tiles_w = (g.wo + 3) / 4;
   j.tiles = tiles_h * j.tiles_w;
-  const int64_t total = g.n * j.tiles;
 
   // Padded rows / columns the tiles read; those past the padded input meet only zero output
   // gradients.
@@ -136,43 +141,52 @@ at::Tensor wgrad_winograd(const at::Tensor& grad_output, const at::Tensor& input
   j.row_src = rows.data();
   j.col_src = cols.data();
 
-  // A chunk: one point's V and E slices (chunk x (Cpad + Opad) floats) within ~256 KB of L2.
-  j.chunk = std::clamp<int64_t>((256 * 1024) / (4 * (j.Cpad + j.Opad)), 16, 1024);
-  j.chunk = std::min(j.chunk, total);
-  // GEMM tasks: blocks of output channels, a multiple of the micro-kernel's rows, enough
-  // tasks (36 per block) to keep every thread busy.
-  const int64_t threads = at::get_num_threads();
-  const int64_t want_blocks = std::max<int64_t>(1, (4 * threads + 35) / 36);
-  j.o_block = round_up((g.o + want_blocks - 1) / want_blocks, k.mr);
-  j.o_blocks = (g.o + j.o_block - 1) / j.o_block;
+  // Tasks: a fixed cut of the tiles (whatever the thread count), each summing into its own
+  // float32 M; the tasks' sums are added in task order in float64 at the end. No thread waits
+  // for another until then.
+  j.total = g.n * j.tiles;
+  const int64_t m_size = 36 * j.Opad * j.Cpad;
+  const int64_t tasks = std::clamp<int64_t>(
+      std::min(j.total / kMinTaskTiles, kSumBytes / (4 * m_size)), 1, kMaxTasks);
+  j.task_tiles = (j.total + tasks - 1) / tasks;
+  // A chunk: one point's V and E slices (chunk x (Cpad + Opad) floats) within ~96 KB, so the
+  // point's GEMM reads them from L2 while its sums M[xi] stream through.
+  j.chunk = std::clamp<int64_t>((96 * 1024) / (4 * (j.Cpad + j.Opad)), 16, 512);
+  j.chunk = std::min(j.chunk, j.task_tiles);
+  std::unique_ptr<float[]> M(new float[tasks * m_size]);  // zeroed by each task's thread
+  const auto run = input.scalar_type() == at::kBFloat16 ? k.run_task_bf16 : k.run_task;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> V(static_cast<size_t>(36 * j.chunk * j.Cpad));
+    std::vector<float> E(static_cast<size_t>(36 * j.chunk * j.Opad));
+    for (int64_t t = b; t < e; ++t) {
+      float* m = M.get() + t * m_size;
+      std::fill(m, m + m_size, 0.0f);
+      run(j, t, V.data(), E.data(), m);
+    }
+  });
 
-  std::vector<float> V(static_cast<size_t>(36 * j.chunk * j.Cpad));
-  std::vector<float> E(static_cast<size_t>(36 * j.chunk * j.Opad));
-  std::vector<float> M(static_cast<size_t>(36 * j.Opad * j.Cpad), 0.0f);
-  j.V = V.data();
-  j.E = E.data();
-  j.M = M.data();
-  const auto transform = dtype == at::kBFloat16 ? k.transform_bf16 : k.transform;
-  for (int64_t begin = 0; begin < total; begin += j.chunk) {
-    j.chunk_begin = begin;
-    j.count = std::min(j.chunk, total - begin);
-    at::parallel_for(0, j.count, 4, [&](int64_t b, int64_t e) { transform(j, b, e); });
-    at::parallel_for(0, 36 * j.o_blocks, 1, [&](int64_t b, int64_t e) { k.gemm(j, b, e); });
-  }
+  // The tasks' sums added in task order, in float64, streaming through them.
+  std::vector<double> S(static_cast<size_t>(m_size), 0.0);
+  at::parallel_for(0, m_size, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t t = 0; t < tasks; ++t) {
+      const float* m = M.get() + t * m_size;
+      for (int64_t i = b; i < e; ++i) S[i] += m[i];
+    }
+  });
 
-  // dW[o, c] = G^T M[., o, c] G, in float64.
+  // dW[o, c] = G^T S[., o, c] G, in float64.
   auto out = at::empty({g.o, g.c, 3, 3}, input.options().dtype(at::kFloat));
   float* dw = out.data_ptr<float>();
   const int64_t plane = j.Opad * j.Cpad;
   at::parallel_for(0, g.o * g.c, 64, [&](int64_t b, int64_t e) {
     for (int64_t oc = b; oc < e; ++oc) {
       const int64_t o = oc / g.c, c = oc % g.c;
-      const float* m = M.data() + o * j.Cpad + c;
+      const double* sum = S.data() + o * j.Cpad + c;
       double gm[3][6];  // G^T M
       for (int a = 0; a < 3; ++a)
         for (int nu = 0; nu < 6; ++nu) {
           double s = 0;
-          for (int xi = 0; xi < 6; ++xi) s += kG[xi][a] * m[(xi * 6 + nu) * plane];
+          for (int xi = 0; xi < 6; ++xi) s += kG[xi][a] * sum[(xi * 6 + nu) * plane];
           gm[a][nu] = s;
         }
       for (int a = 0; a < 3; ++a)

@@ -56,11 +56,11 @@ inline void a4(const vf e[4], vf out[6]) {
 // patch, read through the padding map (padded rows / columns past the input read as zero: they
 // only meet output gradients past the edge, which are zero).
 template <typename T>
-void input_transform(const WgradWinogradJob& j, int64_t k_begin, int64_t k_end) {
+void input_transform(const WgradWinogradJob& j, int64_t first, int64_t count, float* V) {
   const T* x = static_cast<const T*>(j.x);
   const bool contiguous = j.xs[1] == 1;
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    const int64_t tile = j.chunk_begin + k;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t tile = first + k;
     const int64_t n = tile / j.tiles, t = tile % j.tiles;
     const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
     const T* rows[6];
@@ -99,7 +99,7 @@ void input_transform(const WgradWinogradJob& j, int64_t k_begin, int64_t k_end) 
         vf out[6];
         bt6(tmp[xi], out);
         for (int nu = 0; nu < 6; ++nu)
-          vstore(j.V + ((xi * 6 + nu) * j.chunk + k) * j.Cpad + c0, out[nu]);
+          vstore(V + ((xi * 6 + nu) * j.chunk + k) * j.Cpad + c0, out[nu]);
       }
     }
   }
@@ -108,11 +108,11 @@ void input_transform(const WgradWinogradJob& j, int64_t k_begin, int64_t k_end) 
 // E[xi][k][o] = (A e A^T)[xi] for chunk tiles [k_begin, k_end): e the tile's 4x4 block of
 // grad_output, zero past the output's edge.
 template <typename T>
-void grad_transform(const WgradWinogradJob& j, int64_t k_begin, int64_t k_end) {
+void grad_transform(const WgradWinogradJob& j, int64_t first, int64_t count, float* E) {
   const T* gy = static_cast<const T*>(j.gy);
   const bool contiguous = j.gs[1] == 1;
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    const int64_t tile = j.chunk_begin + k;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t tile = first + k;
     const int64_t n = tile / j.tiles, t = tile % j.tiles;
     const int64_t y0 = (t / j.tiles_w) * 4, x0 = (t % j.tiles_w) * 4;
     const int64_t rows = std::min<int64_t>(4, j.HO - y0), cols = std::min<int64_t>(4, j.WO - x0);
@@ -146,16 +146,10 @@ void grad_transform(const WgradWinogradJob& j, int64_t k_begin, int64_t k_end) {
         vf out[6];
         a4(tmp[xi], out);
         for (int nu = 0; nu < 6; ++nu)
-          vstore(j.E + ((xi * 6 + nu) * j.chunk + k) * j.Opad + o0, out[nu]);
+          vstore(E + ((xi * 6 + nu) * j.chunk + k) * j.Opad + o0, out[nu]);
       }
     }
   }
-}
-
-template <typename T>
-void transform(const WgradWinogradJob& j, int64_t k_begin, int64_t k_end) {
-  input_transform<T>(j, k_begin, k_end);
-  grad_transform<T>(j, k_begin, k_end);
 }
 
 // M[o][c] += sum_k E[k][o] V[k][c] for MR output channels x NV vectors of input channels, over
@@ -194,23 +188,33 @@ constexpr std::array<std::array<GemmFn, kNV>, kMR> gemm_table(std::integer_seque
 constexpr std::array<std::array<GemmFn, kNV>, kMR> kGemm =
     gemm_table(std::make_integer_sequence<int, kMR>{});
 
-// Tasks [begin, end) of the (point, block of output channels) enumeration: each owns its rows
-// of M, so no two threads add to the same sums and the order of additions is fixed.
-void gemm(const WgradWinogradJob& j, int64_t begin, int64_t end) {
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t xi = task / j.o_blocks, ob = task % j.o_blocks;
-    const int64_t o_begin = ob * j.o_block, o_end = std::min(j.O, o_begin + j.o_block);
-    const float* E = j.E + xi * j.chunk * j.Opad;
-    const float* V = j.V + xi * j.chunk * j.Cpad;
-    float* M = j.M + xi * j.Opad * j.Cpad;
-    for (int64_t o = o_begin; o < o_end; o += kMR) {
-      const int64_t mr = std::min<int64_t>(kMR, o_end - o);
+// All 36 points' GEMMs for `count` transformed tiles: M[xi] += E[xi]^T V[xi].
+void gemm(const WgradWinogradJob& j, int64_t count, const float* V, const float* E, float* M) {
+  for (int64_t xi = 0; xi < 36; ++xi) {
+    const float* Ex = E + xi * j.chunk * j.Opad;
+    const float* Vx = V + xi * j.chunk * j.Cpad;
+    float* Mx = M + xi * j.Opad * j.Cpad;
+    for (int64_t o = 0; o < j.O; o += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, j.O - o);
       for (int64_t c = 0; c < j.Cpad; c += kNV * kLanes) {
         const int64_t nv = std::min<int64_t>(kNV, (j.Cpad - c) / kLanes);
-        kGemm[mr - 1][nv - 1](E + o, V + c, M + o * j.Cpad + c, j.count, j.Opad, j.Cpad);
+        kGemm[mr - 1][nv - 1](Ex + o, Vx + c, Mx + o * j.Cpad + c, count, j.Opad, j.Cpad);
       }
     }
   }
 }
 
-const KernelTable kernel_table = {&transform<float>, &transform<c10::BFloat16>, &gemm, kMR};
+// Task `task`: its tiles, chunk by chunk, transformed into V / E (this thread's buffers) and
+// multiplied into M (the task's own sums, zero on entry).
+template <typename T>
+void run_task(const WgradWinogradJob& j, int64_t task, float* V, float* E, float* M) {
+  const int64_t end = std::min(j.total, (task + 1) * j.task_tiles);
+  for (int64_t first = task * j.task_tiles; first < end; first += j.chunk) {
+    const int64_t count = std::min(j.chunk, end - first);
+    input_transform<T>(j, first, count, V);
+    grad_transform<T>(j, first, count, E);
+    gemm(j, count, V, E, M);
+  }
+}
+
+const KernelTable kernel_table = {&run_task<float>, &run_task<c10::BFloat16>};
