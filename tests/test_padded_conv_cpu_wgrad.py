@@ -1,16 +1,22 @@
-"""Tests specific to the weight-gradient kernel of the CPU padded convolution
-(csrc/cpu/padded_conv_cpu_wgrad.cpp): few output channels (1..8), kernels of 3x3 and up,
-stride 1 or 2, float32 / bfloat16 / float16, reading the unpadded input through the padding
-index map. Every case first asserts that the backward really runs the kernel
-(``cpu_algorithm(..., weight_grad=True) == "direct"``), then compares grad_weight and grad_bias
-with the float64 reference (the backward of F.conv2d(F.pad(x, mode), w) on the same rounded
-inputs), outputs poisoned (NaN) beforehand.
+"""Tests specific to the weight-gradient kernels of the CPU padded convolution.
+
+The direct kernel (csrc/cpu/padded_conv_cpu_wgrad.cpp): few output channels (1..8, and 9..16
+where it pays), kernels of 3x3 and up, stride 1 or 2, float32 / bfloat16 / float16, reading the
+unpadded input through the padding index map. Every case first asserts that the backward really
+runs the kernel (``cpu_algorithm(..., weight_grad=True) == "direct"``), then compares grad_weight
+and grad_bias with the float64 reference (the backward of F.conv2d(F.pad(x, mode), w) on the
+same rounded inputs), outputs poisoned (NaN) beforehand.
 
 Covered: the three padding modes, kernels 3x3 / 5x5 / 9x9 and rectangular, pad = size - 1,
 strides 1 and 2, odd sizes, batches 1 and 3, 1..33 input channels (partial vectors of channels),
 every output-channel count the kernel takes, contiguous / channels_last / strided / permuted
 inputs and gradients, each x86 instruction-set level, bit-identical results across runs and
 thread counts, the output masks, the environment override, and which layers it takes.
+
+The Winograd F(4x4, 3x3) weight gradient (csrc/cpu/padded_conv_cpu_wgrad_winograd.cpp, 3x3
+stride 1, float32 / bfloat16): the same checks ("winograd" asserted, forced through conv_algo on
+layers too small for the automatic choice), plus tile remainders, paddings 0-2, several tasks
+and chunks, and a 5% perturbation the tolerance must catch.
 Generic backend-parametrised tests live in test_padded_conv.py."""
 
 from __future__ import annotations
@@ -145,6 +151,19 @@ def test_dtypes_and_layouts(dtype, layout):
     _check(x, w, _grad_output(x, w, 1, (4, 4), layout, g), 1, (4, 4), "reflect")
 
 
+@pytest.mark.parametrize("o,c,k,stride", [
+    (9, 16, 3, 1), (12, 33, 3, 1), (10, 20, 3, 1),     # 3x3 stride 1: 9-12 outputs
+    (13, 16, 5, 1), (16, 19, 5, 2), (16, 17, (9, 5), 1), (14, 16, 9, 2),  # larger kernels
+], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_nine_to_sixteen_outputs(o, c, k, stride, layout):
+    # Output channels in groups of at most 6 past 8 (groups 5 + 5 ... and remainders).
+    kh, kw = (k, k) if isinstance(k, int) else k
+    pad = (kh // 2, kw // 2)
+    x, w, g = _case((2, c, 13, 15), o, k, stride, layout=layout, seed=o)
+    _check(x, w, _grad_output(x, w, stride, pad, layout, g), stride, pad, "reflect")
+
+
 def test_many_rows_several_tasks_per_sample():
     # 150 output rows: more than one task per sample, the last one partial.
     x, w, g = _case((1, 8, 150, 40), 2, 3, layout="channels_last")
@@ -163,7 +182,7 @@ def _supported_levels(monkeypatch):
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("o,k,stride", [(3, 9, 1), (8, 3, 2), (5, 5, 1)])
+@pytest.mark.parametrize("o,k,stride", [(3, 9, 1), (8, 3, 2), (5, 5, 1), (11, 3, 1), (16, 5, 2)])
 def test_each_instruction_set(level, dtype, o, k, stride, monkeypatch):
     if level not in _supported_levels(monkeypatch):
         pytest.skip(f"this CPU does not run {level}")
@@ -250,14 +269,32 @@ def test_environment_override(forced, expected, monkeypatch):
     (3, 9, 1, torch.float32, "direct"),
     (8, 3, 2, torch.bfloat16, "direct"),
     (1, 5, 1, torch.float16, "direct"),
-    (9, 3, 1, torch.float32, "library"),   # more outputs: the library's rate is fine
+    (9, 3, 1, torch.float32, "library"),   # 9-16 outputs: from 16 inputs only
+    (17, 9, 1, torch.float32, "library"),  # more outputs: the library's rate is fine
     (3, 1, 1, torch.float32, "library"),   # 1x1: one GEMM for the library
     (3, 3, 3, torch.float32, "library"),   # stride 3: not handled
     (3, 3, 1, torch.float64, "library"),   # float64: the kernel computes in float32
 ])
 def test_which_layers_it_takes(o, k, stride, dtype, expected):
+    # 8 input channels here.
     x = torch.empty(1, 8, 20, 20, dtype=dtype)
     w = torch.empty(o, 8, k, k, dtype=dtype)
+    assert padded_conv.cpu_algorithm(x, w, (stride, stride), (k // 2, k // 2), 1,
+                                     weight_grad=True) == expected
+
+
+@pytest.mark.parametrize("o,c,k,stride,expected", [
+    (12, 16, 3, 1, "direct"),
+    (9, 64, 3, 1, "direct"),
+    (13, 16, 3, 1, "library"),   # 3x3 with 13-16 outputs: the library is as fast
+    (12, 16, 3, 2, "library"),   # 3x3 stride 2: a tie
+    (12, 15, 3, 1, "library"),   # fewer than 16 inputs: the kernel is slower there
+    (16, 16, 5, 1, "direct"),
+    (16, 32, 9, 2, "direct"),
+])
+def test_which_layers_with_nine_to_sixteen_outputs(o, c, k, stride, expected):
+    x = torch.empty(1, c, 20, 20).contiguous(memory_format=torch.channels_last)
+    w = torch.empty(o, c, k, k)
     assert padded_conv.cpu_algorithm(x, w, (stride, stride), (k // 2, k // 2), 1,
                                      weight_grad=True) == expected
 
