@@ -82,6 +82,16 @@ constexpr int64_t kMaxTasks = 16;
 constexpr int64_t kMinTaskTiles = 64;
 constexpr int64_t kSumBytes = 16 << 20;
 
+// A buffer of at least n elements kept per thread between calls: the sums and transforms of a
+// wide layer take megabytes, which fresh allocations would fault in page by page every call
+// (measured: half the call's time, and most of its variance, on a loaded machine).
+template <typename T>
+T* thread_scratch(size_t n) {
+  static thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // G (6 x 3) of F(4x4, 3x3), as the forward's weight transform applies it.
@@ -156,23 +166,30 @@ at::Tensor wgrad_winograd(const at::Tensor& grad_output, const at::Tensor& input
   // point's GEMM reads them from L2 while its sums M[xi] stream through.
   j.chunk = std::clamp<int64_t>((96 * 1024) / (4 * (j.Cpad + j.Opad)), 16, 512);
   j.chunk = std::min(j.chunk, j.task_tiles);
-  std::unique_ptr<float[]> M(new float[tasks * m_size]);  // zeroed by each task's thread
+  // The tasks' sums (zeroed by each task) and the transforms' scratch: per-thread buffers.
+  float* M = thread_scratch<float>(static_cast<size_t>(tasks * m_size));
+  const size_t v_size = static_cast<size_t>(36 * j.chunk * j.Cpad);
+  const size_t e_size = static_cast<size_t>(36 * j.chunk * j.Opad);
   const auto run = input.scalar_type() == at::kBFloat16 ? k.run_task_bf16 : k.run_task;
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> V(static_cast<size_t>(36 * j.chunk * j.Cpad));
-    std::vector<float> E(static_cast<size_t>(36 * j.chunk * j.Opad));
+    // One buffer for V and E: the calling thread's M lives in the other scratch type.
+    double* scratch = thread_scratch<double>((v_size + e_size + 1) / 2);
+    float* V = reinterpret_cast<float*>(scratch);
+    float* E = V + v_size;
     for (int64_t t = b; t < e; ++t) {
-      float* m = M.get() + t * m_size;
+      float* m = M + t * m_size;
       std::fill(m, m + m_size, 0.0f);
-      run(j, t, V.data(), E.data(), m);
+      run(j, t, V, E, m);
     }
   });
 
   // The tasks' sums added in task order, in float64, streaming through them.
-  std::vector<double> S(static_cast<size_t>(m_size), 0.0);
+  // (The calling thread's V and E are done with: S reuses that buffer.)
+  double* S = thread_scratch<double>(static_cast<size_t>(m_size));
+  std::fill(S, S + m_size, 0.0);
   at::parallel_for(0, m_size, 4096, [&](int64_t b, int64_t e) {
     for (int64_t t = 0; t < tasks; ++t) {
-      const float* m = M.get() + t * m_size;
+      const float* m = M + t * m_size;
       for (int64_t i = b; i < e; ++i) S[i] += m[i];
     }
   });
@@ -184,7 +201,7 @@ at::Tensor wgrad_winograd(const at::Tensor& grad_output, const at::Tensor& input
   at::parallel_for(0, g.o * g.c, 64, [&](int64_t b, int64_t e) {
     for (int64_t oc = b; oc < e; ++oc) {
       const int64_t o = oc / g.c, c = oc % g.c;
-      const double* sum = S.data() + o * j.Cpad + c;
+      const double* sum = S + o * j.Cpad + c;
       double gm[3][6];  // G^T M
       for (int a = 0; a < 3; ++a)
         for (int nu = 0; nu < 6; ++nu) {
