@@ -20,7 +20,8 @@ constexpr int kMR = 6, kNV = 1;  // 12 ymm accumulators of 16
 constexpr int kMR = 2, kNV = 1;  // 8 xmm accumulators of 16
 #endif
 
-inline vf vsplat(float s) { return vf{} + s; }
+// A broadcast. (vf{} + s would keep a scalar add before it: 0 + s is not s for s = -0.)
+inline vf vsplat(float s) { return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 
 template <typename T>
 inline vf load16(const T* p) {
