@@ -392,8 +392,9 @@ def test_winograd_strided_inputs(layout):
 
 
 def test_winograd_many_tasks_and_chunks():
-    # 729 tiles of 128 -> 128 channels: the most tasks the sums' memory allows (7), each
-    # summing two chunks (96 tiles and a partial one); the automatic choice takes it.
+    # 729 tiles of 128 -> 128 channels: 4 tasks (the sums' memory allows 7, rounded down to a
+    # multiple of 4) of 183 tiles, each summing 6 chunks of 32 tiles, the last partial; the
+    # automatic choice takes it.
     x, w, gy = _winograd_case((1, 128, 108, 108), 128)
     (_, gw, _), (_, rw, _) = _winograd_grads(x, w, gy, (1, 1), "reflect", forced=None)
     _winograd_close(gw, rw, x, w, gy, (1, 1), "reflect")

@@ -12,7 +12,8 @@
 //             multiplications).
 // The backward's input gradient is a zero-padded stride-1 convolution of grad_output (direct or
 // Winograd where they apply), plus the library file's border corrections; its weight gradient
-// for few output channels is padded_conv_cpu_wgrad.cpp's kernel.
+// for few output channels is padded_conv_cpu_wgrad.cpp's kernel, for 3x3 stride-1 layers
+// padded_conv_cpu_wgrad_winograd.cpp's.
 // STYLIZE_FAST_CONV_ALGO = auto | library | direct | winograd forces one (through config.h;
 // tests use config.override); padded_conv2d_cpu_algorithm() says which one a call would run.
 #include <ATen/ATen.h>

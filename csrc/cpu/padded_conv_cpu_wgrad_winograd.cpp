@@ -162,8 +162,9 @@ at::Tensor wgrad_winograd(const at::Tensor& grad_output, const at::Tensor& input
   // for another until then.
   j.total = g.n * j.tiles;
   const int64_t m_size = 36 * j.Opad * j.Cpad;
-  const int64_t tasks = std::clamp<int64_t>(
+  int64_t tasks = std::clamp<int64_t>(
       std::min(j.total / kMinTaskTiles, kSumBytes / (4 * m_size)), 1, kMaxTasks);
+  if (tasks > 4) tasks = tasks / 4 * 4;  // equal shares for 2 and 4 threads
   j.task_tiles = (j.total + tasks - 1) / tasks;
   // A chunk: its V and E (36 x chunk x (Cpad + Opad) floats) within ~768 KB, so the GEMMs read
   // them from L2 where the transforms left them; at least 32 tiles, over which each GEMM adds
