@@ -15,14 +15,15 @@
 // 36 multiply-adds per tile and channel pair against the direct method's 144.
 //
 // Work: the tiles of all images, in order, are cut into at most 16 tasks (a cut that depends
-// only on the shape; fewer for wide layers, whose sums are large); each task sums into its own float32 M [36][Opad][Cpad], and the tasks'
-// sums are added in task order in float64 at the end: bit-identical results for every thread
-// count, and no thread waits for another before the end (other loads on the machine then cost
-// only their own time). A task runs its tiles a chunk at a time: the chunk's input patches are
-// transformed (through the padding index map, source_index: no padded copy and no border
-// correction) into V [36][chunk][Cpad], its output gradients into E [36][chunk][Opad], then the
-// 36 GEMMs add E[xi]^T V[xi] into M[xi]; a chunk is sized so that one point's V and E slices
-// stay in L2 while its GEMM runs. Last, dW = G^T M G in float64, rounded once to float32.
+// only on the shape; fewer for wide layers, whose sums are large). Each task sums into its own
+// float32 M [36][Opad][Cpad], and the tasks' sums are added in task order in float64 at the
+// end: bit-identical results for every thread count, and no thread waits for another before
+// the end (on a loaded machine a descheduled thread then delays only its own tasks). A task
+// runs its tiles a chunk at a time: the chunk's input patches are transformed (read through
+// the padding index map, source_index: no padded copy and no border correction) into
+// V [36][chunk][Cpad], its output gradients into E [36][chunk][Opad], then the 36 GEMMs add
+// E[xi]^T V[xi] into M[xi]; a chunk's V and E fit in L2, where the GEMMs find them. Last,
+// dW = G^T M G in float64, rounded once to float32. Scratch is kept per thread between calls.
 //
 // Accuracy: the transforms' constants (up to 8 in A, 5 in B^T, 1/24 in G) cost a few bits
 // against direct summation, as in the forward: errors around 1e-5 of the gradient's scale,
@@ -38,8 +39,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <cstring>
-#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
