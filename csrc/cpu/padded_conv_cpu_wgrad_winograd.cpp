@@ -113,10 +113,11 @@ bool wgrad_winograd_applies(const Geometry& g, at::ScalarType dtype) {
 
 bool wgrad_winograd_pays(const Geometry& g, at::ScalarType dtype) {
   // Measured against the library's weight gradient plus its border corrections (AVX-512,
-  // JohnsonNet's layers at batch 4, interleaved ratios on a loaded 2-core machine):
-  // float32 channels_last 1.5-1.9x from 32 channels on both sides, 16 channels about even;
-  // NCHW (each element gathered) ~1.5x at 64 and 128 channels; bfloat16, which the library
-  // computes at twice the float32 rate, only about even to 1.2x, from 64 channels.
+  // batch 4, interleaved ratios, 1 thread, on a loaded 2-core machine): float32 channels_last
+  // 1.8-2.5x on JohnsonNet's 128->128, 128->64 and 64->32 layers and 2x at 32->32, 16
+  // channels inconclusive (0.8-1.5x); NCHW (channels gathered element by element) 2.2-2.5x at
+  // 64 and 128 channels, ~1.2x at 32; bfloat16, which the library computes at twice the
+  // float32 rate, 1.2-1.5x from 64 channels on both sides, 0.9-1.0x at 64->32.
   if (dtype == at::kBFloat16) return g.channels_last && g.c >= 64 && g.o >= 64;
   if (g.channels_last) return g.c >= 32 && g.o >= 32;
   return g.c >= 64 && g.o >= 64;
