@@ -12,7 +12,8 @@
 //             multiplications).
 // The backward's input gradient is a zero-padded stride-1 convolution of grad_output (direct or
 // Winograd where they apply), plus the library file's border corrections; its weight gradient
-// for few output channels is padded_conv_cpu_wgrad.cpp's kernel.
+// for few output channels is padded_conv_cpu_wgrad.cpp's kernel, for 3x3 stride-1 layers
+// padded_conv_cpu_wgrad_winograd.cpp's.
 // STYLIZE_FAST_CONV_ALGO = auto | library | direct | winograd forces one (through config.h;
 // tests use config.override); padded_conv2d_cpu_algorithm() says which one a call would run.
 #include <ATen/ATen.h>
@@ -149,12 +150,17 @@ Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   return winograd && winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
 }
 
-// Algorithm for the backward's weight gradient: the kernel of our own where it applies
-// (STYLIZE_FAST_CONV_ALGO=library or winograd keep the library's), else the library.
+// Algorithm for the backward's weight gradient: the direct kernel (few output channels) or
+// Winograd (3x3 stride 1) where it applies and pays, else the library. Forced, the named one
+// where it applies, else the library.
 Algorithm weight_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   const std::string forced = forced_algorithm();
-  if (forced == "library" || forced == "winograd") return Algorithm::kLibrary;
-  return wgrad_applies(g, dtype) ? Algorithm::kDirect : Algorithm::kLibrary;
+  const bool winograd = wgrad_winograd_applies(g, dtype);
+  if (forced == "library") return Algorithm::kLibrary;
+  if (forced == "winograd") return winograd ? Algorithm::kWinograd : Algorithm::kLibrary;
+  if (wgrad_applies(g, dtype)) return Algorithm::kDirect;
+  if (forced.empty() && winograd && wgrad_winograd_pays(g, dtype)) return Algorithm::kWinograd;
+  return Algorithm::kLibrary;
 }
 
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -218,9 +224,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
                                        : Algorithm::kLibrary;
   std::array<bool, 3> library_mask = output_mask;
   // Our weight gradient reads through the padding map: no border correction for it after.
-  const bool own_weight_grad = output_mask[1] && gy.numel() > 0 && input.numel() > 0 &&
-                               weight_grad_algorithm_for(g, input.scalar_type()) ==
-                                   Algorithm::kDirect;
+  const Algorithm weight_grad_algorithm =
+      output_mask[1] && gy.numel() > 0 && input.numel() > 0
+          ? weight_grad_algorithm_for(g, input.scalar_type())
+          : Algorithm::kLibrary;
+  const bool own_weight_grad = weight_grad_algorithm != Algorithm::kLibrary;
   if (own_weight_grad) {
     library_mask[1] = library_mask[2] = false;
     if (output_mask[2]) grad_bias = gy.sum(at::IntArrayRef{0, 2, 3});
@@ -247,7 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   at::Tensor grad_weight_acc;
   const bool fix_weight = output_mask[1] && !own_weight_grad;
   if (own_weight_grad) {
-    grad_weight_acc = wgrad(gy, input, g, mode);
+    grad_weight_acc = weight_grad_algorithm == Algorithm::kWinograd
+                          ? wgrad_winograd(gy, input, g, mode)
+                          : wgrad(gy, input, g, mode);
   } else if (output_mask[1]) {
     // Corrections are summed in float32 (float64 for float64), rounded once at the end.
     grad_weight_acc = grad_weight.to(acc_type_of(input.scalar_type())).contiguous();
@@ -264,7 +274,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
 
 // Which algorithm a call with these (already checked) arguments runs: for the forward, or with
 // input_grad / weight_grad for the backward's input / weight gradient ("direct" for the
-// weight-gradient kernel of padded_conv_cpu_wgrad.cpp). Sizes rather than tensors, so that Python can
+// weight-gradient kernel of padded_conv_cpu_wgrad.cpp, "winograd" for
+// padded_conv_cpu_wgrad_winograd.cpp's). Sizes rather than tensors, so that Python can
 // ask while torch.compile traces with fake tensors.
 std::string padded_conv2d_cpu_algorithm(at::IntArrayRef input_size, at::IntArrayRef weight_size,
                                         at::ScalarType dtype, bool channels_last,

@@ -8,7 +8,8 @@
 //                                 channels with large kernels (the first 9x9 3->32 layer), and
 //                                 float32 stride-2 layers in NCHW;
 //   padded_conv_cpu_winograd.cpp  Winograd F(4x4, 3x3) for 3x3 stride-1 layers;
-//   padded_conv_cpu_wgrad.cpp     the backward's weight gradient for few output channels.
+//   padded_conv_cpu_wgrad.cpp     the backward's weight gradient for few output channels;
+//   padded_conv_cpu_wgrad_winograd.cpp  the backward's weight gradient for 3x3 stride-1 layers.
 // The three kernels' vector code lives in padded_conv_cpu_{direct,winograd,wgrad}_kernels.h,
 // compiled once per instruction-set level (cpu/cpu_isa_kernels.h).
 // The kernels read the input through the padding index map (source_index) while they pack
@@ -97,6 +98,15 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
 bool wgrad_applies(const Geometry& g, at::ScalarType dtype);
 at::Tensor wgrad(const at::Tensor& grad_output, const at::Tensor& input, const Geometry& g,
                  int64_t mode);
+
+// Weight gradient of 3x3 stride-1 layers by Winograd F(4x4, 3x3)
+// (padded_conv_cpu_wgrad_winograd.cpp), same contract as wgrad (float32 / bfloat16 tensors):
+// wgrad_winograd_applies says whether it can run, wgrad_winograd_pays whether it beats the
+// library.
+bool wgrad_winograd_applies(const Geometry& g, at::ScalarType dtype);
+bool wgrad_winograd_pays(const Geometry& g, at::ScalarType dtype);
+at::Tensor wgrad_winograd(const at::Tensor& grad_output, const at::Tensor& input,
+                          const Geometry& g, int64_t mode);
 
 }  // namespace padded_conv_cpu
 }  // namespace stylize_fast
