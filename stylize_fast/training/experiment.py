@@ -254,8 +254,10 @@ def _categorise(name: str) -> str:
 def speed_check(batch_size: int = 4, image_size: int = 256, repeats: int = 3,
                 device: str = "cpu", seed: int = 0) -> dict:
     """Time a training step (generator fwd, VGG-16 ``examples`` loss, backward, Adam step) of
-    ``JohnsonNet(norm="fused")`` against ``norm="instance"`` (same weights), float32 and bfloat16
-    autocast, in interleaved repeats; split a step into loss network / generator convs /
+    ``JohnsonNet(norm="fused")`` in channels_last with the loss network on the package kernels
+    (what ``stylize-fast train`` runs) against ``norm="instance"`` in NCHW with the eager loss
+    network (the PyTorch examples'), same weights, float32 and bfloat16 autocast, in interleaved
+    repeats; split a step into loss network / generator convs /
     generator norm+pad+relu / other. Returns a dict of medians (seconds), ratios and splits."""
     from .. import backends, models
     from .losses import loss_config
@@ -263,16 +265,22 @@ def speed_check(batch_size: int = 4, image_size: int = 256, repeats: int = 3,
     torch.manual_seed(seed)
     dev = torch.device(device)
     x = (torch.rand(batch_size, 3, image_size, image_size, device=dev) * 255)
-    loss_fn = PerceptualLoss(loss_config("examples"), vgg_weights="random").to(dev)
-    loss_fn.set_style(torch.rand(1, 3, image_size, image_size, device=dev) * 255)
-    fused = models.JohnsonNet(norm="fused").to(dev)
+    style = torch.rand(1, 3, image_size, image_size, device=dev) * 255
+    losses = {}
+    for name, kernels in (("fused", "package"), ("instance", "eager")):
+        losses[name] = PerceptualLoss(loss_config("examples"), vgg_weights="random",
+                                      kernels=kernels).to(dev)
+        losses[name].set_style(style)
+    fused = models.JohnsonNet(norm="fused").to(dev, memory_format=torch.channels_last)
     plain = models.JohnsonNet(norm="instance").to(dev)
     plain.load_state_dict(fused.state_dict())
+    inputs = {"fused": x.contiguous(memory_format=torch.channels_last), "instance": x}
     configs = {}
     for name, model in (("fused", fused), ("instance", plain)):
         opt = torch.optim.Adam(model.parameters(), lr=1e-12)  # weights barely move
         for amp in (None, "bfloat16"):
-            configs[f"{name}/{amp or 'float32'}"] = _step_fn(model, loss_fn, opt, x, amp)
+            configs[f"{name}/{amp or 'float32'}"] = _step_fn(model, losses[name], opt,
+                                                             inputs[name], amp)
     times: dict[str, list[float]] = {k: [] for k in configs}
     for fn in configs.values():  # warm-up
         fn()
@@ -294,7 +302,7 @@ def speed_check(batch_size: int = 4, image_size: int = 256, repeats: int = 3,
               "backends": backends.available(),
               "threads": torch.get_num_threads(), "batch_size": batch_size,
               "image_size": image_size, "repeats": repeats}
-    result["split"] = {name: _profile_split(model, loss_fn, x) for name, model in
+    result["split"] = {name: _profile_split(model, losses[name], inputs[name]) for name, model in
                        (("fused", fused), ("instance", plain))}
     return result
 
