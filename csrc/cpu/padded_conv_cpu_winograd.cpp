@@ -12,10 +12,11 @@
 // Padding is free: the input transform reads each 6x6 patch through the padding index map
 // (source_index), so reflect / replicate / zeros padding never materialises.
 //
-// Work is split into blocks of tiles small enough that a block's transformed input V
-// (36 x block x C) and products M (36 x block x O) stay in the core's L2 cache; each thread runs
-// whole blocks: input transform -> 36 GEMMs -> output transform (+ bias), writing its tiles'
-// outputs directly. The weight transform U (36 x C x O) is computed once per call.
+// Work is split into blocks of tiles; each thread runs whole blocks: input transform -> 36 GEMMs
+// -> output transform (+ bias), writing its tiles' outputs directly. The weight transform U
+// (36 x C x O) is computed once per call. Narrow layers use blocks small enough that a block's
+// transformed input V (36 x block x C) and products M (36 x block x O) stay in the core's L2
+// cache; wide ones (U beyond L2, streamed once per block) larger blocks (block_size).
 //
 // Accuracy: F(4x4, 3x3) in float32 loses a few bits against direct summation (its transform
 // constants reach 8 and 1/24); errors stay around 1e-5 relative to the output's scale, checked
@@ -52,11 +53,14 @@ struct WinogradJob {
   const float* bias;    // Opad floats or nullptr
   int64_t C, O, HO, WO, Cpad, Opad;
   int64_t tiles_w, tiles;   // tiles per row, per image
-  int64_t block, blocks;    // tiles per block (a multiple of the kernel's row step), per image
+  int64_t block, blocks;    // tiles per block (a multiple of the kernel's row step); blocks per
+                            // image with pack, else in all (blocks then span images)
   bool pack;                // channels not contiguous: blocks are tile-row segments, packed
   int64_t segments;         // with pack: blocks per tile row
   const int64_t* row_src;   // padded row -> source row, -1 for a zero row
   const int64_t* col_src;   // padded column -> source column, -1 for a zero column
+  int64_t batch;            // images
+  bool stream_u;            // U too large to stay in cache: written with streaming stores
 };
 
 struct KernelTable {
@@ -67,21 +71,67 @@ struct KernelTable {
   int row_step;
 };
 
+// Per-thread buffers kept between calls (never shrunk): a wide layer's U, V and M run to tens of
+// MB, and a fresh allocation would pay page faults and zeroing for all of it on every call (as
+// long as the transforms and GEMMs themselves for VGG's 512-channel layers). Contents are
+// whatever the last call left: every element read is written first.
+enum ScratchSlot { kScratchU, kScratchV, kScratchM, kScratchP, kScratchSlots };
+
+// 64-byte aligned (streaming stores need it; the kernels' vectors then never split lines).
+float* scratch(ScratchSlot slot, size_t n) {
+  constexpr size_t kAlign = 64 / sizeof(float);
+  thread_local std::vector<float> buffers[kScratchSlots];
+  std::vector<float>& buffer = buffers[slot];
+  if (buffer.size() < n + kAlign) {
+    buffer.clear();
+    buffer.shrink_to_fit();
+    buffer.resize(n + kAlign);
+  }
+  const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
+}
+
 #define SF_ISA_BODY "cpu/padded_conv_cpu_winograd_kernels.h"
 #include "cpu/cpu_isa_kernels.h"
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Tiles per block: V and M of one block within ~768 KB (inside a 1 MB L2 with room for U's
-// slice), a multiple of the micro-kernel's row step. STYLIZE_FAST_WINOGRAD_BLOCK overrides it
-// (tuning only).
-int64_t block_size(int64_t Cpad, int64_t Opad, int64_t tiles, int row_step) {
-  int64_t block = (768 * 1024) / (36 * (Cpad + Opad) * 4);
-  if (config::winograd_block() > 0) block = config::winograd_block();
-  block = std::max<int64_t>(row_step, block / row_step * row_step);
-  return std::min(block, round_up(tiles, row_step));
+// A transformed weight larger than this (a quarter of the L3) is streamed from memory by every
+// block; below it, blocks sized for L2 measure as fast or faster (U comes from L3).
+constexpr int64_t kStreamedU = 8 * 1024 * 1024;
+
+int64_t u_bytes(int64_t Cpad, int64_t Opad) {
+  return 36 * Cpad * Opad * static_cast<int64_t>(sizeof(float));
 }
 
+// Tiles per block, a multiple of the micro-kernel's row step. Two limits:
+//  - V and M of the whole block (36 points) within ~768 KB, inside a 1 MB L2 with room for a U
+//    slice: the transforms and the GEMMs then exchange them through L2;
+//  - for wide layers, whose transformed weight U (36 Cpad Opad floats) does not stay in L2 and
+//    is streamed from L3 / memory once per block, at least enough tiles that one point's V_x
+//    and M_x rows take ~512 KB: U's traffic is then amortised over that many tiles (the GEMM
+//    reuses each U slice from L1 over the whole block, see gemm), while V and M go through L3.
+// Blocks that span images (`total` tiles in all, channels-last input) are then evened out so
+// that every thread gets the same number. STYLIZE_FAST_WINOGRAD_BLOCK overrides it (tuning
+// only).
+int64_t block_size(int64_t Cpad, int64_t Opad, int64_t total, bool even, int row_step) {
+  const int64_t channel_bytes = (Cpad + Opad) * static_cast<int64_t>(sizeof(float));
+  int64_t block = (768 * 1024) / (36 * channel_bytes);
+  if (u_bytes(Cpad, Opad) > kStreamedU)
+    block = std::max<int64_t>(block, (512 * 1024) / channel_bytes);
+  if (config::winograd_block() > 0) {
+    block = config::winograd_block();
+    even = false;
+  }
+  block = std::max<int64_t>(row_step, block);
+  if (even) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t blocks = round_up((total + block - 1) / block, threads);
+    return round_up((total + blocks - 1) / blocks, row_step);
+  }
+  block = std::max<int64_t>(row_step, block / row_step * row_step);
+  return std::min(block, round_up(total, row_step));
+}
 }  // namespace
 
 bool winograd_applies(const Geometry& g, at::ScalarType dtype) {
@@ -133,9 +183,10 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
   j.tiles_w = (g.wo + 3) / 4;
   j.tiles = tiles_h * j.tiles_w;
   j.pack = x.stride(1) != 1;
-  j.block = block_size(j.Cpad, j.Opad, j.pack ? j.tiles_w : j.tiles, k.row_step);
+  j.batch = g.n;
+  j.block = block_size(j.Cpad, j.Opad, j.pack ? j.tiles_w : g.n * j.tiles, !j.pack, k.row_step);
   j.segments = (j.tiles_w + j.block - 1) / j.block;
-  j.blocks = j.pack ? tiles_h * j.segments : (j.tiles + j.block - 1) / j.block;
+  j.blocks = j.pack ? tiles_h * j.segments : (g.n * j.tiles + j.block - 1) / j.block;
 
   // Padded rows / columns the tiles read; those past the padded input only feed outputs past
   // the edge, which are never stored.
@@ -154,12 +205,13 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
     std::memcpy(bias_padded.data(), b.const_data_ptr<float>(), sizeof(float) * g.o);
     j.bias = bias_padded.data();
   }
-  std::vector<float> U(static_cast<size_t>(36 * j.Cpad * j.Opad));
-  j.U = U.data();
+  j.U = scratch(kScratchU, static_cast<size_t>(36 * j.Cpad * j.Opad));
+  j.stream_u = u_bytes(j.Cpad, j.Opad) > kStreamedU;
   const auto weights = bf16 ? k.weight_transform_bf16 : k.weight_transform;
   const auto blocks = bf16 ? k.run_blocks_bf16 : k.run_blocks;
   at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { weights(j, b, e); });
-  at::parallel_for(0, g.n * j.blocks, 1, [&](int64_t b, int64_t e) { blocks(j, b, e); });
+  at::parallel_for(0, j.pack ? g.n * j.blocks : j.blocks, 1,
+                   [&](int64_t b, int64_t e) { blocks(j, b, e); });
 }
 
 }  // namespace padded_conv_cpu
