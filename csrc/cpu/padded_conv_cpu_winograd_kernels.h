@@ -173,6 +173,27 @@ void pack_rows(const WinogradJob& j, int64_t n, int64_t r0, int64_t q0, int64_t 
   }
 }
 
+// The input transform reads the input straight from memory (a layer's input is far larger
+// than the caches): each tile asks for the pixels of the tile kPrefetchTiles ahead that it does
+// not share with the tiles before it (its last 4 columns), so the loads find them in cache.
+constexpr int64_t kPrefetchTiles = 2;
+
+template <typename T>
+inline void prefetch_tile(const WinogradJob& j, const T* xn, int64_t t) {
+  const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
+  const int64_t bytes = j.C * static_cast<int64_t>(sizeof(T));
+  for (int i = 0; i < 6; ++i) {
+    const int64_t r = j.row_src[r0 + i];
+    if (r < 0) continue;
+    for (int k = 2; k < 6; ++k) {
+      const int64_t q = j.col_src[q0 + k];
+      if (q < 0) continue;
+      const char* p = reinterpret_cast<const char*>(xn + r * j.xs[2] + q * j.xs[3]);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+    }
+  }
+}
+
 // V[xi][t][c] = (B^T d B)[xi] for the tiles [t_begin, t_begin + count) of image n, in rows
 // [0, count) of V (rows of one point j.block apart). With P (NCHW input), the tiles lie in one
 // tile row and d is read from the packed rows.
@@ -189,6 +210,7 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
   for (int64_t tb = 0; tb < count; ++tb) {
     const int64_t t = t_begin + tb;
     const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
+    if (P == nullptr && tb + kPrefetchTiles < count) prefetch_tile<T>(j, xn, t + kPrefetchTiles);
     const T* rows[6];
     const float* packed[6];
     int64_t cols[6];
