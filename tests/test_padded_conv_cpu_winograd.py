@@ -356,6 +356,27 @@ def test_wide_input_gradient_matches_reference(winograd, mode, layout, shape, ou
     assert grad.is_contiguous(memory_format=output_memory_format(x))
 
 
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last", "strided"])
+def test_input_gradient_reads_the_weight_in_place(winograd, weight_layout):
+    # The input gradient reads the weight's taps flipped through its strides (no flipped copy):
+    # a fast path for contiguous taps, a strided one otherwise.
+    x = make_input((2, 24, 9, 10), layout="channels_last", requires_grad=True)
+    w, _ = _weights(40, 24, bias=False)
+    if weight_layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last)
+    elif weight_layout == "strided":
+        w = torch.cat([w, w], dim=3)[..., ::2]
+    y = _op().padded_conv2d_fwd(x, w, None, [1, 1], [1, 1], 0)
+    x64 = x.detach().double().requires_grad_(True)
+    expected = _expected(x64, w.double(), None, (1, 1), "zeros")
+    gy = torch.randn(expected.shape, dtype=torch.float64)
+    with poisoned_outputs():
+        (grad,) = torch.autograd.grad(y, [x], gy.float())
+    (expected_grad,) = torch.autograd.grad(expected, [x64], gy)
+    assert_all_written(grad)
+    assert_close(grad, expected_grad, atol=3e-5 * expected_grad.abs().max().item(), rtol=1e-4)
+
+
 def test_backward_input_gradient_algorithm(monkeypatch):
     monkeypatch.setitem(sf.config.options, "conv_algo", None)
     x = make_input((1, 32, 16, 16), layout="channels_last")

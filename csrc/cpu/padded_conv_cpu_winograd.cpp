@@ -61,6 +61,7 @@ struct WinogradJob {
   const int64_t* col_src;   // padded column -> source column, -1 for a zero column
   int64_t batch;            // images
   bool stream_u;            // U too large to stay in cache: written with streaming stores
+  bool flip_taps;           // w[o, c, a, b] read as w[o, c, 2 - a, 2 - b] (input gradient)
 };
 
 struct KernelTable {
@@ -152,8 +153,11 @@ bool winograd_pays(const Geometry& g, at::ScalarType dtype) {
   return g.c >= 64 && g.o >= 64;
 }
 
-void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                  const Geometry& g, int64_t mode, at::Tensor& out) {
+namespace {
+
+// winograd_fwd, the weight's taps read flipped with flip_taps.
+void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                  const Geometry& g, int64_t mode, bool flip_taps, at::Tensor& out) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
                   out.scalar_type() == dtype,
@@ -173,6 +177,7 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
     j.ws[d] = weight.stride(d);
     j.ys[d] = y.stride(d);
   }
+  j.flip_taps = flip_taps;
   j.C = g.c;
   j.O = g.o;
   j.HO = g.ho;
@@ -212,6 +217,20 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
   at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { weights(j, b, e); });
   at::parallel_for(0, j.pack ? g.n * j.blocks : j.blocks, 1,
                    [&](int64_t b, int64_t e) { blocks(j, b, e); });
+}
+
+}  // namespace
+
+void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                  const Geometry& g, int64_t mode, at::Tensor& out) {
+  winograd_run(input, weight, bias, g, mode, false, out);
+}
+
+void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                         const Geometry& d, at::Tensor& grad_input) {
+  // The (C, O, 3, 3) view of the weight, its taps flipped where the weight transform reads
+  // them: no copy (a flip and a channels-last copy of VGG's 512 x 512 weight cost several ms).
+  winograd_run(grad_output, weight.transpose(0, 1), at::Tensor(), d, kZeros, true, grad_input);
 }
 
 }  // namespace padded_conv_cpu

@@ -94,7 +94,7 @@ inline void g3(const vf g[3], vf out[6]) {
   out[5] = g[2];
 }
 
-// U[xi][c][o] = (G w[o, c] G^T)[xi] (stored in panels, u_at) for input channels [c_begin, c_end), 16 output channels at
+// U[xi][c][o] = (G w[o, c] G^T)[xi] (stored in panels, u_at; w's taps flipped with flip_taps) for input channels [c_begin, c_end), 16 output channels at
 // a time; channels beyond C / O are zero so the GEMMs can run on padded sizes.
 template <typename T>
 void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
@@ -110,15 +110,17 @@ void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
       if (taps_contiguous && o0 + kLanes <= j.O && c < j.C) {
         const T* p = w + o0 * j.ws[0] + c * j.ws[1];
         for (int64_t l = 0; l < kLanes; ++l, p += j.ws[0])
-          for (int k = 0; k < 9; ++k) lane[k][l] = to_float(p[k]);
+          for (int k = 0; k < 9; ++k) lane[k][l] = to_float(p[j.flip_taps ? 8 - k : k]);
       } else {
         for (int64_t l = 0; l < kLanes; ++l) {
           const int64_t o = o0 + l;
           const bool inside = o < j.O && c < j.C;
           const T* p = w + o * j.ws[0] + c * j.ws[1];
           for (int a = 0; a < 3; ++a)
-            for (int b = 0; b < 3; ++b)
-              lane[a * 3 + b][l] = inside ? to_float(p[a * j.ws[2] + b * j.ws[3]]) : 0.0f;
+            for (int b = 0; b < 3; ++b) {
+              const int64_t ra = j.flip_taps ? 2 - a : a, rb = j.flip_taps ? 2 - b : b;
+              lane[a * 3 + b][l] = inside ? to_float(p[ra * j.ws[2] + rb * j.ws[3]]) : 0.0f;
+            }
         }
       }
       vf g[3][3];
