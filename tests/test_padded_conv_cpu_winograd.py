@@ -125,12 +125,13 @@ def test_each_instruction_set(winograd, monkeypatch, level):
 
 # Wide layers (VGG's loss network): the GEMM runs in slices of input channels (128 at the
 # avx512 level, 512 at the others) over U panels of 64 output channels (16 at the others) plus
-# 16-wide tail panels; once U exceeds 8 MB, blocks are large and span images.
+# 16-wide tail panels; once U exceeds 16 MB, blocks are large and span images.
 WIDE = [
     # Cpad 528: several channel slices at every level; Opad 80: a 64-wide panel and a tail one
     pytest.param((2, 520, 9, 11), 70, id="channel-slices-and-a-tail-panel"),
-    # U = 36 x 256 x 256 floats (9.4 MB): streamed weights, blocks spanning the 3 images
-    pytest.param((3, 256, 9, 13), 256, id="streamed-weights-blocks-span-images"),
+    # U = 36 x 352 x 352 floats (17.8 MB, over 16 MB): streamed weights, large blocks spanning
+    # the 3 images (12 tiles each)
+    pytest.param((3, 352, 9, 13), 352, id="streamed-weights-blocks-span-images"),
 ]
 
 
@@ -150,8 +151,8 @@ def test_wide_layers_match_reference(winograd, mode, layout, shape, out_channels
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_automatic_blocks_of_a_wide_layer_with_any_thread_count(winograd, threads):
     # The automatic block size evens blocks out over the threads: any count, same result.
-    x = make_input((3, 256, 9, 13), layout="channels_last")
-    w, b = _weights(256, 256)
+    x = make_input((3, 352, 9, 13), layout="channels_last")
+    w, b = _weights(352, 352)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -94,8 +94,9 @@ inline void g3(const vf g[3], vf out[6]) {
   out[5] = g[2];
 }
 
-// U[xi][c][o] = (G w[o, c] G^T)[xi] (stored in panels, u_at; w's taps flipped with flip_taps) for input channels [c_begin, c_end), 16 output channels at
-// a time; channels beyond C / O are zero so the GEMMs can run on padded sizes.
+// U[xi][c][o] = (G w[o, c] G^T)[xi] (stored in panels, u_at; w's taps flipped with flip_taps)
+// for input channels [c_begin, c_end), 16 output channels at a time; channels beyond C / O are
+// zero so the GEMMs can run on padded sizes.
 template <typename T>
 void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
   const T* w = static_cast<const T*>(j.w);
