@@ -20,12 +20,14 @@ constexpr int kMR = 2, kNV = 1;  // 8 xmm accumulators of 16
 #endif
 
 // One float in every lane, loaded straight from memory (a broadcast load, not an add of zero
-// and a register shuffle that would compete with the FMAs).
+// and a register shuffle that would compete with the FMAs). Used by `uses` FMAs: with several,
+// one broadcast kept in a register; with one, folded into the FMA.
+template <int uses>
 inline vf vsplat_load(const float* p) {
   const float s = *p;
   vf v = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
 #if SF_ISA_LEVEL >= 2
-  asm("" : "+v"(v));  // one broadcast, not one folded into every FMA that uses it
+  if constexpr (uses > 1) asm("" : "+v"(v));
 #endif
   return v;
 }
@@ -283,7 +285,7 @@ inline void gemm_panel(const float* V, const float* U, float* M, int64_t rows, i
       vf uv[NV];
       for (int v = 0; v < NV; ++v) uv[v] = vload(u + v * kLanes);
       for (int r = 0; r < kMR; ++r) {
-        const vf a = vsplat_load(vrow + r * ldv + c);
+        const vf a = vsplat_load<NV>(vrow + r * ldv + c);
         for (int v = 0; v < NV; ++v) acc[r][v] += a * uv[v];
       }
     }
