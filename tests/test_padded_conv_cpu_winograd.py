@@ -123,6 +123,76 @@ def test_each_instruction_set(winograd, monkeypatch, level):
         _check(y, _expected(x, w, b, (1, 1), "replicate"))
 
 
+# Wide layers (VGG's loss network): the GEMM runs in slices of input channels (128 at the
+# avx512 level, 512 at the others) over U panels of 64 output channels (16 at the others) plus
+# 16-wide tail panels; once U exceeds 16 MB, blocks are large and span images.
+WIDE = [
+    # Cpad 528: several channel slices at every level; Opad 80: a 64-wide panel and a tail one
+    pytest.param((2, 520, 9, 11), 70, id="channel-slices-and-a-tail-panel"),
+    # U = 36 x 352 x 352 floats (17.8 MB, over 16 MB): streamed weights, large blocks spanning
+    # the 3 images (12 tiles each)
+    pytest.param((3, 352, 9, 13), 352, id="streamed-weights-blocks-span-images"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape,out_channels", WIDE)
+def test_wide_layers_match_reference(winograd, mode, layout, shape, out_channels, dtype):
+    x = make_input(shape, dtype, layout=layout)
+    w, b = _weights(out_channels, shape[1], dtype=dtype)
+    with poisoned_outputs():
+        y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], MODES[mode])
+    assert_all_written(y)
+    _check(y, _expected(x, w, b, (1, 1), mode))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_automatic_blocks_of_a_wide_layer_with_any_thread_count(winograd, threads):
+    # The automatic block size evens blocks out over the threads: any count, same result.
+    x = make_input((3, 352, 9, 13), layout="channels_last")
+    w, b = _weights(352, 352)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned_outputs():
+            y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 1)
+    finally:
+        torch.set_num_threads(before)
+    assert_all_written(y)
+    _check(y, _expected(x, w, b, (1, 1), "reflect"))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("block", ["6", "12", "30", "1000"])
+def test_blocks_spanning_images(winograd, monkeypatch, block, layout):
+    # 3 images of 3 x 5 tiles: channels-last blocks of 6 / 12 / 30 tiles start and end inside
+    # images, 1000 is one block of all 45 tiles (a partial last row step); NCHW blocks stay
+    # within a tile row.
+    monkeypatch.setitem(sf.config.options, "winograd_block", block)
+    x = make_input((3, 40, 10, 18), layout=layout)
+    w, b = _weights(36, 40)
+    with poisoned_outputs():
+        y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 0)
+    assert_all_written(y)
+    _check(y, _expected(x, w, b, (1, 1), "zeros"))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_each_instruction_set_on_a_wide_layer(winograd, monkeypatch, level):
+    best = _op().instance_norm_cpu_isa()
+    if LEVELS.index(level) > LEVELS.index(best):
+        pytest.skip(f"this CPU does not run {level}")
+    monkeypatch.setitem(sf.config.options, "cpu_isa", level)
+    for layout, dtype in itertools.product(("contiguous", "channels_last"),
+                                           (torch.float32, torch.bfloat16)):
+        x = make_input((2, 520, 6, 9), dtype, layout=layout)
+        w, b = _weights(70, 520, dtype=dtype)
+        y = _op().padded_conv2d_fwd(x, w, b, [1, 1], [1, 1], 0)
+        _check(y, _expected(x, w, b, (1, 1), "zeros"))
+
+
 def test_without_bias_and_deterministic(winograd):
     x = make_input((1, 32, 16, 16), layout="channels_last")
     w, _ = _weights(32, 32, bias=False)
@@ -258,6 +328,54 @@ def test_backward_matches_reference(winograd, mode, layout, shape, out_channels,
         else:
             assert_close(g, e, atol=3e-5 * e.abs().max().item(), rtol=1e-4)
     assert grads[0].is_contiguous(memory_format=output_memory_format(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape,out_channels", WIDE)
+def test_wide_input_gradient_matches_reference(winograd, mode, layout, shape, out_channels, dtype):
+    # The input gradient runs the forward Winograd on grad_output with the flipped, transposed
+    # weight (out_channels -> in channels): wide on both sides, slices and tail panels swapped.
+    x = make_input(shape, dtype, layout=layout, requires_grad=True)
+    w, _ = _weights(out_channels, shape[1], bias=False, dtype=dtype)
+    assert padded_conv_ops.cpu_algorithm(x, w, (1, 1), (1, 1), MODES[mode],
+                                         input_grad=True) == "winograd"
+    y = _op().padded_conv2d_fwd(x, w, None, [1, 1], [1, 1], MODES[mode])
+    x64 = x.detach().double().requires_grad_(True)
+    expected = _expected(x64, w.double(), None, (1, 1), mode)
+    gy = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
+    with poisoned_outputs():
+        (grad,) = torch.autograd.grad(y, [x], gy)
+    (expected_grad,) = torch.autograd.grad(expected, [x64], gy.double())
+    assert_all_written(grad)
+    if dtype == torch.bfloat16:
+        base = pytorch_padded_conv2d_grads(x, w, None, (1, 1), (1, 1), mode, gy)[1][0]
+        assert_half_close(grad, expected_grad, terms=expected[:, 0].numel(), baseline=base)
+    else:
+        assert_close(grad, expected_grad, atol=3e-5 * expected_grad.abs().max().item(), rtol=1e-4)
+    assert grad.is_contiguous(memory_format=output_memory_format(x))
+
+
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last", "strided"])
+def test_input_gradient_reads_the_weight_in_place(winograd, weight_layout):
+    # The input gradient reads the weight's taps flipped through its strides (no flipped copy):
+    # a fast path for contiguous taps, a strided one otherwise.
+    x = make_input((2, 24, 9, 10), layout="channels_last", requires_grad=True)
+    w, _ = _weights(40, 24, bias=False)
+    if weight_layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last)
+    elif weight_layout == "strided":
+        w = torch.cat([w, w], dim=3)[..., ::2]
+    y = _op().padded_conv2d_fwd(x, w, None, [1, 1], [1, 1], 0)
+    x64 = x.detach().double().requires_grad_(True)
+    expected = _expected(x64, w.double(), None, (1, 1), "zeros")
+    gy = torch.randn(expected.shape, dtype=torch.float64)
+    with poisoned_outputs():
+        (grad,) = torch.autograd.grad(y, [x], gy.float())
+    (expected_grad,) = torch.autograd.grad(expected, [x64], gy)
+    assert_all_written(grad)
+    assert_close(grad, expected_grad, atol=3e-5 * expected_grad.abs().max().item(), rtol=1e-4)
 
 
 def test_backward_input_gradient_algorithm(monkeypatch):

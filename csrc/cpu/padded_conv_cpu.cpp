@@ -210,7 +210,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
                 grad_output.scalar_type());
   }
   const auto fmt = input.suggest_memory_format();
-  const auto w = weight.contiguous(fmt);
   // relu's backward, grad_output where output > 0 else 0: one masked pass (the copy the unfused
   // relu's backward would make), before the gradient kernels.
   const auto gy_in = grad_output.contiguous(fmt);
@@ -236,16 +235,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   if (input_grad_algorithm != Algorithm::kLibrary) {
     library_mask[0] = false;
     const Geometry d = input_grad_geometry(g);
-    const auto flipped = weight.transpose(0, 1).flip({2, 3});  // (C, O, KH, KW)
     grad_input = at::empty({g.n, g.c, g.h, g.w}, input.options().memory_format(fmt));
-    if (input_grad_algorithm == Algorithm::kWinograd)
-      winograd_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
-    else
+    if (input_grad_algorithm == Algorithm::kWinograd) {
+      winograd_input_grad(gy, weight, d, grad_input);
+    } else {
+      const auto flipped = weight.transpose(0, 1).flip({2, 3});  // (C, O, KH, KW)
       direct_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
+    }
   }
   if (library_mask[0] || library_mask[1] || library_mask[2]) {
     auto [library_grad_input, library_grad_weight, library_grad_bias] =
-        library_bwd_zero_padded(gy, input, w, g, library_mask);
+        library_bwd_zero_padded(gy, input, weight.contiguous(fmt), g, library_mask);
     if (library_mask[0]) grad_input = library_grad_input;
     if (library_mask[1]) grad_weight = library_grad_weight;
     if (library_mask[2]) grad_bias = library_grad_bias;

@@ -12,10 +12,11 @@
 // Padding is free: the input transform reads each 6x6 patch through the padding index map
 // (source_index), so reflect / replicate / zeros padding never materialises.
 //
-// Work is split into blocks of tiles small enough that a block's transformed input V
-// (36 x block x C) and products M (36 x block x O) stay in the core's L2 cache; each thread runs
-// whole blocks: input transform -> 36 GEMMs -> output transform (+ bias), writing its tiles'
-// outputs directly. The weight transform U (36 x C x O) is computed once per call.
+// Work is split into blocks of tiles; each thread runs whole blocks: input transform -> 36 GEMMs
+// -> output transform (+ bias), writing its tiles' outputs directly. The weight transform U
+// (36 x C x O) is computed once per call. Narrow layers use blocks small enough that a block's
+// transformed input V (36 x block x C) and products M (36 x block x O) stay in the core's L2
+// cache; wide ones (U beyond L2, streamed once per block) larger blocks (block_size).
 //
 // Accuracy: F(4x4, 3x3) in float32 loses a few bits against direct summation (its transform
 // constants reach 8 and 1/24); errors stay around 1e-5 relative to the output's scale, checked
@@ -52,11 +53,15 @@ struct WinogradJob {
   const float* bias;    // Opad floats or nullptr
   int64_t C, O, HO, WO, Cpad, Opad;
   int64_t tiles_w, tiles;   // tiles per row, per image
-  int64_t block, blocks;    // tiles per block (a multiple of the kernel's row step), per image
+  int64_t block, blocks;    // tiles per block (a multiple of the kernel's row step); blocks per
+                            // image with pack, else in all (blocks then span images)
   bool pack;                // channels not contiguous: blocks are tile-row segments, packed
   int64_t segments;         // with pack: blocks per tile row
   const int64_t* row_src;   // padded row -> source row, -1 for a zero row
   const int64_t* col_src;   // padded column -> source column, -1 for a zero column
+  int64_t batch;            // images
+  bool stream_u;            // U too large to stay in cache: written with streaming stores
+  bool flip_taps;           // w[o, c, a, b] read as w[o, c, 2 - a, 2 - b] (input gradient)
   bool relu;                // max(0, .) on the outputs as they are stored
 };
 
@@ -68,21 +73,68 @@ struct KernelTable {
   int row_step;
 };
 
+// Per-thread buffers kept between calls (grown, never shrunk): a wide layer's U, V and M run to
+// tens of MB (VGG's 512 -> 512 layer: U 38 MB on the calling thread, V and M 10 MB each per
+// thread), and fresh allocations paid page faults and zeroing for all of it on every call,
+// measured as long as the transforms and GEMMs themselves there. Contents are whatever the last
+// call left: every element read is written first.
+enum ScratchSlot { kScratchU, kScratchV, kScratchM, kScratchP, kScratchSlots };
+
+// 64-byte aligned (streaming stores need it; the kernels' vectors then never split lines).
+float* scratch(ScratchSlot slot, size_t n) {
+  constexpr size_t kAlign = 64 / sizeof(float);
+  thread_local std::vector<float> buffers[kScratchSlots];
+  std::vector<float>& buffer = buffers[slot];
+  if (buffer.size() < n + kAlign) {
+    buffer.clear();
+    buffer.shrink_to_fit();
+    buffer.resize(n + kAlign);
+  }
+  const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
+}
+
 #define SF_ISA_BODY "cpu/padded_conv_cpu_winograd_kernels.h"
 #include "cpu/cpu_isa_kernels.h"
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Tiles per block: V and M of one block within ~768 KB (inside a 1 MB L2 with room for U's
-// slice), a multiple of the micro-kernel's row step. STYLIZE_FAST_WINOGRAD_BLOCK overrides it
-// (tuning only).
-int64_t block_size(int64_t Cpad, int64_t Opad, int64_t tiles, int row_step) {
-  int64_t block = (768 * 1024) / (36 * (Cpad + Opad) * 4);
-  if (config::winograd_block() > 0) block = config::winograd_block();
-  block = std::max<int64_t>(row_step, block / row_step * row_step);
-  return std::min(block, round_up(tiles, row_step));
+// A transformed weight larger than this (half the L3) is streamed from memory by every block;
+// below it (VGG's 256 -> 256 layer: 9.4 MB), blocks sized for L2 measure faster (U comes from
+// L3).
+constexpr int64_t kStreamedU = 16 * 1024 * 1024;
+
+int64_t u_bytes(int64_t Cpad, int64_t Opad) {
+  return 36 * Cpad * Opad * static_cast<int64_t>(sizeof(float));
 }
 
+// Tiles per block, a multiple of the micro-kernel's row step. Two limits:
+//  - V and M of the whole block (36 points) within ~768 KB, inside a 1 MB L2 with room for a U
+//    slice: the transforms and the GEMMs then exchange them through L2;
+//  - for wide layers, whose transformed weight U (36 Cpad Opad floats) does not stay in L2 and
+//    is streamed from L3 / memory once per block, at least enough tiles that one point's V_x
+//    and M_x rows take ~512 KB: U's traffic is then amortised over that many tiles (the GEMM
+//    reuses each U slice from L1 over the whole block, see gemm), while V and M go through L3.
+// Blocks that span images (`total` tiles in all, channels-last input) are then evened out so
+// that every thread gets the same number. STYLIZE_FAST_WINOGRAD_BLOCK overrides it (tuning
+// only).
+int64_t block_size(int64_t Cpad, int64_t Opad, int64_t total, bool even, int row_step) {
+  const int64_t channel_bytes = (Cpad + Opad) * static_cast<int64_t>(sizeof(float));
+  int64_t block = (768 * 1024) / (36 * channel_bytes) / row_step * row_step;
+  if (u_bytes(Cpad, Opad) > kStreamedU)
+    block = std::max<int64_t>(block, (512 * 1024) / channel_bytes);
+  if (config::winograd_block() > 0) {
+    block = config::winograd_block() / row_step * row_step;
+    even = false;
+  }
+  block = std::max<int64_t>(row_step, block);
+  if (even) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t blocks = round_up((total + block - 1) / block, threads);
+    return round_up((total + blocks - 1) / blocks, row_step);
+  }
+  return std::min(block, round_up(total, row_step));
+}
 }  // namespace
 
 bool winograd_applies(const Geometry& g, at::ScalarType dtype) {
@@ -103,8 +155,12 @@ bool winograd_pays(const Geometry& g, at::ScalarType dtype) {
   return g.c >= 64 && g.o >= 64;
 }
 
-void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                  const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
+namespace {
+
+// winograd_fwd, the weight's taps read flipped with flip_taps.
+void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                  const Geometry& g, int64_t mode, bool flip_taps, int64_t activation,
+                  at::Tensor& out) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
                   out.scalar_type() == dtype,
@@ -124,6 +180,7 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
     j.ws[d] = weight.stride(d);
     j.ys[d] = y.stride(d);
   }
+  j.flip_taps = flip_taps;
   j.C = g.c;
   j.O = g.o;
   j.HO = g.ho;
@@ -134,9 +191,10 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
   j.tiles_w = (g.wo + 3) / 4;
   j.tiles = tiles_h * j.tiles_w;
   j.pack = x.stride(1) != 1;
-  j.block = block_size(j.Cpad, j.Opad, j.pack ? j.tiles_w : j.tiles, k.row_step);
+  j.batch = g.n;
+  j.block = block_size(j.Cpad, j.Opad, j.pack ? j.tiles_w : g.n * j.tiles, !j.pack, k.row_step);
   j.segments = (j.tiles_w + j.block - 1) / j.block;
-  j.blocks = j.pack ? tiles_h * j.segments : (j.tiles + j.block - 1) / j.block;
+  j.blocks = j.pack ? tiles_h * j.segments : (g.n * j.tiles + j.block - 1) / j.block;
 
   // Padded rows / columns the tiles read; those past the padded input only feed outputs past
   // the edge, which are never stored.
@@ -156,12 +214,28 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
     std::memcpy(bias_padded.data(), b.const_data_ptr<float>(), sizeof(float) * g.o);
     j.bias = bias_padded.data();
   }
-  std::vector<float> U(static_cast<size_t>(36 * j.Cpad * j.Opad));
-  j.U = U.data();
+  j.U = scratch(kScratchU, static_cast<size_t>(36 * j.Cpad * j.Opad));
+  j.stream_u = u_bytes(j.Cpad, j.Opad) > kStreamedU;
   const auto weights = bf16 ? k.weight_transform_bf16 : k.weight_transform;
   const auto blocks = bf16 ? k.run_blocks_bf16 : k.run_blocks;
   at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { weights(j, b, e); });
-  at::parallel_for(0, g.n * j.blocks, 1, [&](int64_t b, int64_t e) { blocks(j, b, e); });
+  at::parallel_for(0, j.pack ? g.n * j.blocks : j.blocks, 1,
+                   [&](int64_t b, int64_t e) { blocks(j, b, e); });
+}
+
+}  // namespace
+
+void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                  const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
+  winograd_run(input, weight, bias, g, mode, false, activation, out);
+}
+
+void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                         const Geometry& d, at::Tensor& grad_input) {
+  // The (C, O, 3, 3) view of the weight, its taps flipped where the weight transform reads
+  // them: no copy (a flip and a channels-last copy of VGG's 512 x 512 weight cost several ms).
+  winograd_run(grad_output, weight.transpose(0, 1), at::Tensor(), d, kZeros, true, kNoActivation,
+               grad_input);
 }
 
 }  // namespace padded_conv_cpu

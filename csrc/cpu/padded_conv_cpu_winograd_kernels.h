@@ -19,7 +19,36 @@ constexpr int kMR = 6, kNV = 1;  // 12 ymm accumulators of 16
 constexpr int kMR = 2, kNV = 1;  // 8 xmm accumulators of 16
 #endif
 
-inline vf vsplat(float s) { return vf{} + s; }
+// One float in every lane, loaded straight from memory (a broadcast load, not an add of zero
+// and a register shuffle that would compete with the FMAs). Used by `uses` FMAs: with several,
+// one broadcast kept in a register; with one, folded into the FMA.
+template <int uses>
+inline vf vsplat_load(const float* p) {
+  const float s = *p;
+  vf v = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#if SF_ISA_LEVEL >= 2
+  if constexpr (uses > 1) asm("" : "+v"(v));
+#endif
+  return v;
+}
+
+// U is stored in panels of kPanel output channels (the micro-kernel's width; the last ones
+// kLanes wide when Opad is not a multiple), each panel's rows contiguous:
+// U[x] = [panel][c][width]. A GEMM step then streams one panel slice sequentially, and a slice
+// of kKC rows stays in L1 while it is reused over a block's tiles.
+constexpr int64_t kPanel = kNV * kLanes;
+constexpr int64_t kKC = 8192 / kPanel;  // input channels per slice: 32 KB of U
+
+inline int64_t panel_width(const WinogradJob& j, int64_t o0) {
+  return o0 - o0 % kPanel + kPanel <= j.Opad ? kPanel : kLanes;
+}
+
+// Where U[x][c][o0 .. o0 + kLanes) lives (o0 a multiple of kLanes).
+inline float* u_at(const WinogradJob& j, int64_t x, int64_t c, int64_t o0) {
+  const int64_t width = panel_width(j, o0);
+  const int64_t p0 = width == kPanel ? o0 - o0 % kPanel : o0;
+  return j.U + x * j.Cpad * j.Opad + p0 * j.Cpad + c * width + (o0 - p0);
+}
 
 // Tensors are float32 or bfloat16; all arithmetic is float32 (cpu/cpu_vec.h converts).
 template <typename T>
@@ -67,25 +96,39 @@ inline void g3(const vf g[3], vf out[6]) {
   out[5] = g[2];
 }
 
-// U[xi][c][o] = (G w[o, c] G^T)[xi] for input channels [c_begin, c_end), 16 output channels at
-// a time; channels beyond C / O are zero so the GEMMs can run on padded sizes.
+// U[xi][c][o] = (G w[o, c] G^T)[xi] (stored in panels, u_at; w's taps flipped with flip_taps)
+// for input channels [c_begin, c_end), 16 output channels at a time; channels beyond C / O are
+// zero so the GEMMs can run on padded sizes.
 template <typename T>
 void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
   const T* w = static_cast<const T*>(j.w);
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    for (int64_t o0 = 0; o0 < j.Opad; o0 += kLanes) {
+  const bool taps_contiguous = j.ws[3] == 1 && j.ws[2] == 3;
+  // Output channels outermost: the inner loop over c reads each lane's weights sequentially and
+  // writes each point's panel rows contiguously.
+  for (int64_t o0 = 0; o0 < j.Opad; o0 += kLanes) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      // All 9 taps of the 16 lanes gathered first, then loaded: one wait for the scalar stores
+      // to reach L1 instead of one per tap.
+      alignas(64) float lane[9][kLanes];
+      if (taps_contiguous && o0 + kLanes <= j.O && c < j.C) {
+        const T* p = w + o0 * j.ws[0] + c * j.ws[1];
+        for (int64_t l = 0; l < kLanes; ++l, p += j.ws[0])
+          for (int k = 0; k < 9; ++k) lane[k][l] = to_float(p[j.flip_taps ? 8 - k : k]);
+      } else {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t o = o0 + l;
+          const bool inside = o < j.O && c < j.C;
+          const T* p = w + o * j.ws[0] + c * j.ws[1];
+          for (int a = 0; a < 3; ++a)
+            for (int b = 0; b < 3; ++b) {
+              const int64_t ra = j.flip_taps ? 2 - a : a, rb = j.flip_taps ? 2 - b : b;
+              lane[a * 3 + b][l] = inside ? to_float(p[ra * j.ws[2] + rb * j.ws[3]]) : 0.0f;
+            }
+        }
+      }
       vf g[3][3];
       for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) {
-          alignas(64) float lane[kLanes];
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const int64_t o = o0 + l;
-            lane[l] = (o < j.O && c < j.C)
-                          ? to_float(w[o * j.ws[0] + c * j.ws[1] + a * j.ws[2] + b * j.ws[3]])
-                          : 0.0f;
-          }
-          g[a][b] = vload(lane);
-        }
+        for (int b = 0; b < 3; ++b) g[a][b] = vload(lane[a * 3 + b]);
       vf gg[6][3];  // G g (rows xi, columns b)
       for (int b = 0; b < 3; ++b) {
         const vf col[3] = {g[0][b], g[1][b], g[2][b]};
@@ -96,11 +139,14 @@ void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
       for (int x = 0; x < 6; ++x) {
         vf out[6];
         g3(gg[x], out);
-        for (int v = 0; v < 6; ++v)
-          vstore(j.U + ((x * 6 + v) * j.Cpad + c) * j.Opad + o0, out[v]);
+        for (int v = 0; v < 6; ++v) {
+          if (j.stream_u) stream_store(u_at(j, x * 6 + v, c, o0), out[v]);
+          else vstore(u_at(j, x * 6 + v, c, o0), out[v]);
+        }
       }
     }
   }
+  if (j.stream_u) stream_fence();  // before other threads' GEMMs read U
 }
 
 // Channels not contiguous (NCHW): the 6 padded input rows of a block's tiles (one tile row,
@@ -132,9 +178,30 @@ void pack_rows(const WinogradJob& j, int64_t n, int64_t r0, int64_t q0, int64_t 
   }
 }
 
-// V[xi][t][c] = (B^T d B)[xi] for the tiles [t_begin, t_begin + count) of image n; rows beyond
-// `count` (up to the block size) are zero. With P (NCHW input), the tiles lie in one tile row
-// and d is read from the packed rows.
+// The input transform reads the input straight from memory (a layer's input is far larger
+// than the caches): each tile asks for the pixels of the tile kPrefetchTiles ahead that it does
+// not share with the tiles before it (its last 4 columns), so the loads find them in cache.
+constexpr int64_t kPrefetchTiles = 2;
+
+template <typename T>
+inline void prefetch_tile(const WinogradJob& j, const T* xn, int64_t t) {
+  const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
+  const int64_t bytes = j.C * static_cast<int64_t>(sizeof(T));
+  for (int i = 0; i < 6; ++i) {
+    const int64_t r = j.row_src[r0 + i];
+    if (r < 0) continue;
+    for (int k = 2; k < 6; ++k) {
+      const int64_t q = j.col_src[q0 + k];
+      if (q < 0) continue;
+      const char* p = reinterpret_cast<const char*>(xn + r * j.xs[2] + q * j.xs[3]);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+    }
+  }
+}
+
+// V[xi][t][c] = (B^T d B)[xi] for the tiles [t_begin, t_begin + count) of image n, in rows
+// [0, count) of V (rows of one point j.block apart). With P (NCHW input), the tiles lie in one
+// tile row and d is read from the packed rows.
 template <typename T>
 void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count, float* V,
                      float* P) {
@@ -145,14 +212,10 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
     ncols = count * 4 + 2;
     pack_rows<T>(j, n, (t_begin / j.tiles_w) * 4, (t_begin % j.tiles_w) * 4, ncols, P);
   }
-  for (int64_t tb = 0; tb < j.block; ++tb) {
-    if (tb >= count) {
-      for (int64_t x = 0; x < 36; ++x)
-        std::memset(V + (x * j.block + tb) * j.Cpad, 0, sizeof(float) * j.Cpad);
-      continue;
-    }
+  for (int64_t tb = 0; tb < count; ++tb) {
     const int64_t t = t_begin + tb;
     const int64_t r0 = (t / j.tiles_w) * 4, q0 = (t % j.tiles_w) * 4;
+    if (P == nullptr && tb + kPrefetchTiles < count) prefetch_tile<T>(j, xn, t + kPrefetchTiles);
     const T* rows[6];
     const float* packed[6];
     int64_t cols[6];
@@ -203,37 +266,53 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
   }
 }
 
-// M[t][o] = sum_c V[t][c] U[c][o] for one transform-domain point: (block x Cpad) x (Cpad x Opad).
+// M[t][o] (+)= sum_c V[t][c] U[c][o] over one slice of input channels, for one panel of output
+// channels and rows [0, rows) of one transform-domain point: V rows ldv apart, M rows ldm apart,
+// the U panel slice packed (NV * kLanes floats a row). Register-blocked: kMR rows x NV vectors
+// of accumulators, one broadcast of V and NV loads of U per kMR * NV FMAs.
 template <int NV>
-inline void gemm_panel(const float* V, const float* U, float* M, int64_t rows, int64_t Cpad,
-                       int64_t Opad) {
+inline void gemm_panel(const float* V, const float* U, float* M, int64_t rows, int64_t kc,
+                       int64_t ldv, int64_t ldm, bool accumulate) {
+  constexpr int64_t ldu = NV * kLanes;
   for (int64_t t0 = 0; t0 < rows; t0 += kMR) {
     vf acc[kMR][NV];
     for (int r = 0; r < kMR; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
-    const float* vrow = V + t0 * Cpad;
-    for (int64_t c = 0; c < Cpad; ++c) {
-      vf u[NV];
-      for (int v = 0; v < NV; ++v) u[v] = vload(U + c * Opad + v * kLanes);
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = accumulate ? vload(M + (t0 + r) * ldm + v * kLanes) : vf{};
+    const float* vrow = V + t0 * ldv;
+    const float* u = U;
+    for (int64_t c = 0; c < kc; ++c, u += ldu) {
+      vf uv[NV];
+      for (int v = 0; v < NV; ++v) uv[v] = vload(u + v * kLanes);
       for (int r = 0; r < kMR; ++r) {
-        const vf a = vsplat(vrow[r * Cpad + c]);
-        for (int v = 0; v < NV; ++v) acc[r][v] += a * u[v];
+        const vf a = vsplat_load<NV>(vrow + r * ldv + c);
+        for (int v = 0; v < NV; ++v) acc[r][v] += a * uv[v];
       }
     }
     for (int r = 0; r < kMR; ++r)
-      for (int v = 0; v < NV; ++v) vstore(M + (t0 + r) * Opad + v * kLanes, acc[r][v]);
+      for (int v = 0; v < NV; ++v) vstore(M + (t0 + r) * ldm + v * kLanes, acc[r][v]);
   }
 }
 
-void gemm(const WinogradJob& j, const float* V, float* M) {
+// The block's 36 GEMMs, M_x = V_x U_x over rows [0, rows) (a multiple of kMR). Per point, slices
+// of kKC input channels outermost: each U panel slice (32 KB) is loaded once into L1 and used
+// for all of the block's tiles, the V slice (rows x kKC) stays in L2 across the panels, and M
+// is accumulated slice by slice. Wide layers thus stream U once per block at L1 reuse, whatever
+// the block size.
+void gemm(const WinogradJob& j, const float* V, float* M, int64_t rows) {
   for (int64_t x = 0; x < 36; ++x) {
     const float* Vx = V + x * j.block * j.Cpad;
-    const float* Ux = j.U + x * j.Cpad * j.Opad;
     float* Mx = M + x * j.block * j.Opad;
-    int64_t o0 = 0;
-    for (; o0 + kNV * kLanes <= j.Opad; o0 += kNV * kLanes)
-      gemm_panel<kNV>(Vx, Ux + o0, Mx + o0, j.block, j.Cpad, j.Opad);
-    for (; o0 < j.Opad; o0 += kLanes) gemm_panel<1>(Vx, Ux + o0, Mx + o0, j.block, j.Cpad, j.Opad);
+    for (int64_t c0 = 0; c0 < j.Cpad; c0 += kKC) {
+      const int64_t kc = std::min(kKC, j.Cpad - c0);
+      for (int64_t o0 = 0; o0 < j.Opad; o0 += panel_width(j, o0)) {
+        const float* Up = u_at(j, x, c0, o0);
+        if (panel_width(j, o0) == kPanel)
+          gemm_panel<kNV>(Vx + c0, Up, Mx + o0, rows, kc, j.Cpad, j.Opad, c0 > 0);
+        else
+          gemm_panel<1>(Vx + c0, Up, Mx + o0, rows, kc, j.Cpad, j.Opad, c0 > 0);
+      }
+    }
   }
 }
 
@@ -281,28 +360,52 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
   }
 }
 
-// Blocks [begin, end) of the (image, block of tiles) enumeration, with this thread's buffers.
-// Channels-last input: blocks run through the image's tiles in order (across tile rows). Other
-// layouts: blocks are segments of one tile row (what pack_rows packs).
+// Blocks [begin, end) of the job's enumeration, with this thread's buffers. Channels-last
+// input: block b holds tiles [b * block, (b + 1) * block) of all images' tiles in order (across
+// tile rows and images: wide layers want blocks larger than one image). Other layouts: blocks
+// are segments of one tile row of one image (what pack_rows packs).
 template <typename T>
 void run_blocks(const WinogradJob& j, int64_t begin, int64_t end) {
-  std::vector<float> V(static_cast<size_t>(36 * j.block * j.Cpad));
-  std::vector<float> M(static_cast<size_t>(36 * j.block * j.Opad));
-  std::vector<float> P(j.pack ? static_cast<size_t>(6 * (j.block * 4 + 2) * j.Cpad) : 0);
+  float* const V = scratch(kScratchV, static_cast<size_t>(36 * j.block * j.Cpad));
+  float* const M = scratch(kScratchM, static_cast<size_t>(36 * j.block * j.Opad));
+  float* const P =
+      j.pack ? scratch(kScratchP, static_cast<size_t>(6 * (j.block * 4 + 2) * j.Cpad)) : nullptr;
+  // The block's pieces, one per image it touches: (image, first tile, tiles).
+  struct Piece {
+    int64_t n, t_begin, count;
+  };
+  std::vector<Piece> pieces;
   for (int64_t b = begin; b < end; ++b) {
-    const int64_t n = b / j.blocks, i = b % j.blocks;
-    int64_t t_begin, count;
+    pieces.clear();
     if (j.pack) {
+      const int64_t n = b / j.blocks, i = b % j.blocks;
       const int64_t row = i / j.segments, first = (i % j.segments) * j.block;
-      t_begin = row * j.tiles_w + first;
-      count = std::min(j.block, j.tiles_w - first);
+      pieces.push_back({n, row * j.tiles_w + first, std::min(j.block, j.tiles_w - first)});
     } else {
-      t_begin = i * j.block;
-      count = std::min(j.block, j.tiles - t_begin);
+      const int64_t g0 = b * j.block, g1 = std::min(g0 + j.block, j.batch * j.tiles);
+      for (int64_t g = g0; g < g1;) {
+        const int64_t n = g / j.tiles, t = g % j.tiles, count = std::min(g1 - g, j.tiles - t);
+        pieces.push_back({n, t, count});
+        g += count;
+      }
     }
-    input_transform<T>(j, n, t_begin, count, V.data(), j.pack ? P.data() : nullptr);
-    gemm(j, V.data(), M.data());
-    output_transform<T>(j, n, t_begin, count, M.data());
+    int64_t filled = 0;
+    for (const Piece& p : pieces) {
+      input_transform<T>(j, p.n, p.t_begin, p.count, V + filled * j.Cpad, P);
+      filled += p.count;
+    }
+    // A partial last block: the GEMM runs whole kMR-row steps; rows past the tiles are zeroed
+    // (their products are never stored).
+    const int64_t rows = (filled + kMR - 1) / kMR * kMR;
+    for (int64_t x = 0; x < 36 && rows > filled; ++x)
+      std::memset(V + (x * j.block + filled) * j.Cpad, 0,
+                  sizeof(float) * (rows - filled) * j.Cpad);
+    gemm(j, V, M, rows);
+    int64_t done = 0;
+    for (const Piece& p : pieces) {
+      output_transform<T>(j, p.n, p.t_begin, p.count, M + done * j.Opad);
+      done += p.count;
+    }
   }
 }
 
