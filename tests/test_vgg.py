@@ -280,7 +280,10 @@ class _OpSpy(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket)
         if "conv" in name and "algorithm" not in name:
-            mask = list(args[-1]) if "backward" in name or "bwd" in name else None
+            # output_mask: the bool[3] argument (padded_conv2d_bwd has more after it).
+            mask = (next(list(a) for a in args if isinstance(a, (list, tuple)) and len(a) == 3
+                         and all(isinstance(v, bool) for v in a))
+                    if "backward" in name or "bwd" in name else None)
             self.calls.append((name, mask))
         return func(*args, **(kwargs or {}))
 
