@@ -46,9 +46,19 @@ def test_gram_matrix_by_hand(shape, layout):
     assert gram_matrix(f.bfloat16()).dtype == torch.float32
 
 
-def test_gram_gradcheck():
-    f = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gram_gradcheck(layout):
+    """The one-GEMM backward (dF = scale (dG + dG^T) F) against finite differences, with an
+    upstream gradient that is not symmetric; the gradient comes back in the features' layout."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    f = torch.randn(2, 3, 3, 4, dtype=torch.float64).contiguous(memory_format=fmt)
+    f.requires_grad_()
     assert torch.autograd.gradcheck(gram_matrix, (f,))
+    upstream = torch.randn(2, 3, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(gram_matrix(f), f, upstream)
+    (expected,) = torch.autograd.grad(_gram_by_hand(f), f, upstream)
+    torch.testing.assert_close(grad, expected, atol=1e-12, rtol=1e-12)
+    assert grad.is_contiguous(memory_format=fmt)
 
 
 def test_content_loss_by_hand():

@@ -84,9 +84,33 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+class _Gram(torch.autograd.Function):
+    """``G = scale * F F^T`` of ``F`` ``(N, C, M)``, one batched GEMM each way. Autograd of the plain
+    ``bmm(f, f.transpose(1, 2))`` runs two GEMMs and an add in the backward (one per operand);
+    G is symmetric, so ``dF = scale (dG + dG^T) F`` is one. The gradient comes back in F's own
+    layout (channels_last features give a channels_last gradient: no copy in the conv below)."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(f)
+        ctx.scale = scale
+        # In place: the saved input is F, not the output; saves a (N, C, C) buffer.
+        return torch.bmm(f, f.transpose(1, 2)).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (f,) = ctx.saved_tensors
+        sym = grad + grad.transpose(1, 2)
+        if f.stride(1) == 1 and f.stride(2) != 1:  # (N, C, M) view of an (N, M, C) matrix
+            grad_f = torch.bmm(f.transpose(1, 2), sym).mul_(ctx.scale).transpose(1, 2)
+        else:
+            grad_f = torch.bmm(sym, f).mul_(ctx.scale)
+        return grad_f, None
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, C)``: ``F F^T / (C H W)``, one batched GEMM in float32 (or
-    float64), also under autocast.
+    float64), also under autocast; its backward is one batched GEMM too (:class:`_Gram`).
 
     Contiguous and channels_last features both reshape to ``(N, C, H*W)`` as a view (channels_last
     gives the transposed matrix, which the GEMM reads as such): no copy beyond the float32 cast of
@@ -96,8 +120,7 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     n, c, h, w = features.shape
     f = features.to(_acc_dtype(features)).reshape(n, c, h * w)
     with torch.autocast(f.device.type, enabled=False):  # autocast would run bmm in bfloat16
-        # In place: bmm's backward keeps its inputs, not its output; saves a (N, C, C) buffer.
-        return torch.bmm(f, f.transpose(1, 2)).div_(c * h * w)
+        return _Gram.apply(f, 1.0 / (c * h * w))
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
