@@ -11,7 +11,7 @@ of markers from ``docs/results/NAME.csv`` (``--results DIR`` for another folder;
 changes nothing and exits 1 if a table is out of date). The CSVs come from
 ``python benchmarks/readme_results.py --output docs/results``.
 
-Columns are chosen per area (``instance_norm``, ``padded_conv``, ``generators``; any other NAME
+Columns are chosen per area (``instance_norm``, ``padded_conv``, ``generators``, ``training``; any other NAME
 gets every drawn provider's ratio to eager): ratios to the eager PyTorch baseline (and to a
 same-size copy for the norm), one line per case and allocator setting.
 """
@@ -109,6 +109,11 @@ def _case_columns(name: str) -> list[tuple[str, Cell]]:
     if name == "generators":
         arch = lambda g: report.case_label(g[0]).split(" ")[0]
         return [("model", arch), ("input", field("shape")), ("dtype", field("dtype")), malloc]
+    if name == "training":
+        arch = lambda g: dict(p.split("=", 1) for p in str(g[0].get("params", "")).split()
+                              if "=" in p).get("arch", "")
+        return [("generator", arch), ("batch", field("shape")), ("dtype", field("dtype")),
+                malloc]
     if name == "padded_conv":
         layer = lambda g: report.case_label(g[0]).rsplit(" ", 3)[0]
         return [("layer", layer), ("layout", field("layout", layout)), ("mode", field("mode")),
@@ -153,6 +158,15 @@ def columns(name: str, rows: list[Row]) -> list[tuple[str, Cell]]:
         cols.append(("fused PSNR dB", lambda g: _ms((_find(g, lambda r: r["provider"] == "fused")
                                                      or {}).get("psnr_db"))))
         cols.append(("eager fp32 ms", _baseline_cell("median_ms", _ms)))
+    elif name == "training":
+        names = [r["provider"] for r in ok if not _is_baseline(r)]
+        for p in dict.fromkeys(names):
+            cols.append((f"{p} ×", _provider_cell(p)))
+        if any(r.get("peak_mb") not in (None, "") for r in ok):
+            for p in dict.fromkeys(names):
+                cols.append((f"peak MB {p}", _provider_cell(p, "peak_mb", _ms)))
+            cols.append(("peak MB examples", _baseline_cell("peak_mb", _ms)))
+        cols.append(("examples fp32 ms", _baseline_cell("median_ms", _ms)))
     else:
         names = []
         for r in ok:
