@@ -23,22 +23,8 @@ constexpr int kMR = 2, kNV = 1;  // 8 xmm accumulators of 16
 // A broadcast. (vf{} + s would keep a scalar add before it: 0 + s is not s for s = -0.)
 inline vf vsplat(float s) { return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 
-template <typename T>
-inline vf load16(const T* p) {
-  if constexpr (std::is_same_v<T, float>) return vload(p);
-  else return bf16_to_float<vf>(p);
-}
-
-// out = B^T d for one 6-vector (copied from padded_conv_cpu_winograd_kernels.h's bt6, which
-// another file owns: the forward's input transform, points 0, +-1, +-2, infinity).
-inline void bt6(const vf d[6], vf out[6]) {
-  out[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
-  out[1] = d[3] + d[4] - 4.0f * (d[1] + d[2]);
-  out[2] = d[4] - d[3] + 4.0f * (d[1] - d[2]);
-  out[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
-  out[4] = d[4] - d[2] + 2.0f * (d[1] - d[3]);
-  out[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
-}
+// load16, bt6, patch_transform (B^T d B), gather16: the forward's input-side pieces.
+#include "cpu/winograd_transforms_kernels.h"
 
 // out = A e for one 4-vector of output gradients (A: 6 x 4, the transpose of the forward's
 // output transform A^T; rows: points 0, 1, -1, 2, -2, infinity).
@@ -77,31 +63,15 @@ void input_transform(const WgradWinogradJob& j, int64_t first, int64_t count, fl
       vf d[6][6];
       for (int i = 0; i < 6; ++i)
         for (int q = 0; q < 6; ++q) {
-          if (rows[i] == nullptr || cols[q] < 0) {
-            d[i][q] = vf{};
-          } else if (full) {
-            d[i][q] = load16(rows[i] + cols[q] + c0);
-          } else {
-            alignas(64) float lane[kLanes];
-            const T* p = rows[i] + cols[q];
-            for (int64_t l = 0; l < kLanes; ++l)
-              lane[l] = c0 + l < j.C ? to_float(p[(c0 + l) * j.xs[1]]) : 0.0f;
-            d[i][q] = vload(lane);
-          }
+          d[i][q] = rows[i] == nullptr || cols[q] < 0
+                        ? vf{}
+                        : gather16(rows[i] + cols[q], c0, j.C, j.xs[1], full);
         }
-      vf tmp[6][6];  // B^T d: tmp[xi][q]
-      for (int q = 0; q < 6; ++q) {
-        const vf col[6] = {d[0][q], d[1][q], d[2][q], d[3][q], d[4][q], d[5][q]};
-        vf out[6];
-        bt6(col, out);
-        for (int xi = 0; xi < 6; ++xi) tmp[xi][q] = out[xi];
-      }
-      for (int xi = 0; xi < 6; ++xi) {
-        vf out[6];
-        bt6(tmp[xi], out);
+      vf out[6][6];
+      patch_transform(d, out);
+      for (int xi = 0; xi < 6; ++xi)
         for (int nu = 0; nu < 6; ++nu)
-          vstore(V + ((xi * 6 + nu) * j.chunk + k) * j.Cpad + c0, out[nu]);
-      }
+          vstore(V + ((xi * 6 + nu) * j.chunk + k) * j.Cpad + c0, out[xi][nu]);
     }
   }
 }

@@ -50,32 +50,8 @@ inline float* u_at(const WinogradJob& j, int64_t x, int64_t c, int64_t o0) {
   return j.U + x * j.Cpad * j.Opad + p0 * j.Cpad + c * width + (o0 - p0);
 }
 
-// Tensors are float32 or bfloat16; all arithmetic is float32 (cpu/cpu_vec.h converts).
-template <typename T>
-inline vf load16(const T* p) {
-  if constexpr (std::is_same_v<T, float>) return vload(p);
-  else return bf16_to_float<vf>(p);
-}
-
-template <typename T>
-inline void store16(T* p, const vf& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    vstore(p, v);
-  } else {
-    const U16x16 h = float_to_bf16(v);
-    __builtin_memcpy(p, &h, sizeof(h));
-  }
-}
-
-// out = B^T d for one 6-vector (rows of B^T: interpolation points 0, +-1, +-2, infinity).
-inline void bt6(const vf d[6], vf out[6]) {
-  out[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
-  out[1] = d[3] + d[4] - 4.0f * (d[1] + d[2]);
-  out[2] = d[4] - d[3] + 4.0f * (d[1] - d[2]);
-  out[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
-  out[4] = d[4] - d[2] + 2.0f * (d[1] - d[3]);
-  out[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
-}
+// load16 / store16, bt6, patch_transform (B^T d B), gather16: shared with the weight gradient.
+#include "cpu/winograd_transforms_kernels.h"
 
 // out = A^T m for one 6-vector: the 4 outputs of a tile row.
 inline void at6(const vf m[6], vf out[4]) {
@@ -240,28 +216,15 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
             d[i][k] = vload(packed[i] + cols[k] + c0);
           } else if (rows[i] == nullptr || cols[k] < 0) {
             d[i][k] = vf{};
-          } else if (full) {
-            d[i][k] = load16(rows[i] + cols[k] + c0);
           } else {
-            alignas(64) float lane[kLanes];
-            const T* p = rows[i] + cols[k];
-            for (int64_t l = 0; l < kLanes; ++l)
-              lane[l] = c0 + l < j.C ? to_float(p[(c0 + l) * j.xs[1]]) : 0.0f;
-            d[i][k] = vload(lane);
+            d[i][k] = gather16(rows[i] + cols[k], c0, j.C, j.xs[1], full);
           }
         }
-      vf tmp[6][6];  // B^T d: tmp[xi][k]
-      for (int k = 0; k < 6; ++k) {
-        const vf col[6] = {d[0][k], d[1][k], d[2][k], d[3][k], d[4][k], d[5][k]};
-        vf out[6];
-        bt6(col, out);
-        for (int x = 0; x < 6; ++x) tmp[x][k] = out[x];
-      }
-      for (int x = 0; x < 6; ++x) {
-        vf out[6];
-        bt6(tmp[x], out);
-        for (int v = 0; v < 6; ++v) vstore(V + ((x * 6 + v) * j.block + tb) * j.Cpad + c0, out[v]);
-      }
+      vf out[6][6];
+      patch_transform(d, out);
+      for (int x = 0; x < 6; ++x)
+        for (int v = 0; v < 6; ++v)
+          vstore(V + ((x * 6 + v) * j.block + tb) * j.Cpad + c0, out[x][v]);
     }
   }
 }
