@@ -24,6 +24,8 @@ from stylize_fast.training.data import (
 )
 from stylize_fast.training.trainer import DataWait, TrainConfig, load_checkpoint, train
 
+from .train_helpers import assert_same_state, tiny_config
+
 needs_extension = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                      reason="C++ extension not built")
 
@@ -54,18 +56,10 @@ def images(tmp_path_factory):
 
 
 def _config(images, output, **kw) -> TrainConfig:
-    base = dict(style=images["style"], data=images["data"], output=str(output), arch="johnson",
-                norm="fused", iterations=6, batch_size=2, image_size=32, vgg_weights="random",
-                checkpoint_every=2, seed=5, workers=0, sample_every=6, log_every=2,
-                progress=False, preset="examples", style_layers="relu1_2,relu2_2")
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(images, output, **{**dict(seed=5, sample_every=6, log_every=2), **kw})
 
 
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
+_assert_same_state = assert_same_state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ from stylize_fast.training.data import (
     synthetic_images,
     synthetic_style,
 )
-from stylize_fast.training.trainer import TrainConfig, atomic_save, load_checkpoint, train
+from stylize_fast.training.trainer import atomic_save, load_checkpoint, train
+
+from .train_helpers import assert_same_state, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -43,19 +45,8 @@ def images(tmp_path_factory):
     return {"data": str(root / "data"), "style": style}
 
 
-def _config(images, output, **kw) -> TrainConfig:
-    base = dict(style=images["style"], data=images["data"], output=str(output), arch="johnson",
-                norm="fused", iterations=6, batch_size=2, image_size=32, vgg_weights="random",
-                checkpoint_every=2, seed=3, workers=0, sample_every=3, log_every=1,
-                progress=False, preset="examples", style_layers="relu1_2,relu2_2")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
+_config = tiny_config
+_assert_same_state = assert_same_state
 
 
 def test_find_images_recursive_and_counts_unreadable(images):
