@@ -38,7 +38,8 @@ FILES = {
         "triton": ["test_instance_norm_triton.py"],
     },
     "padded_conv2d": {
-        "common": ["test_padded_conv.py", "test_autograd_cpp.py", "test_fuse.py"],
+        "common": ["test_padded_conv.py", "test_padded_conv_activation.py", "test_autograd_cpp.py",
+                   "test_fuse.py"],
         "cpu": ["test_padded_conv_cpu_direct.py", "test_padded_conv_cpu_library.py",
                 "test_padded_conv_cpu_wgrad.py", "test_padded_conv_cpu_winograd.py"],
         "triton": ["test_padded_conv_triton.py"],
