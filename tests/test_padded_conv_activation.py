@@ -426,3 +426,40 @@ def test_layer_matches_conv_then_relu(layout):
 def test_layer_activation_is_keyword_only():
     with pytest.raises(TypeError):
         sf.nn.PaddedConv2d(5, 6, 3, 1, 1, "reflect", True, None, None, "relu")
+
+
+@pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 64, 13, 11, 48), (1, 20, 9, 14, 24)], ids=str)
+def test_input_gradient_only_masks_in_the_winograd_load(monkeypatch, dtype, shape):
+    """A frozen conv + ReLU (the loss network's): with only the input gradient asked for,
+    channels_last and zero padding, the CPU backward applies relu's mask as the Winograd input
+    transform loads grad_output (no threshold_backward pass); the result equals the float64
+    reference, and the masked-copy path (weight gradient asked for too) gives the same input
+    gradient. grad_output is huge where the output was clamped, so an unmasked load shows."""
+    monkeypatch.setitem(sf.config.options, "conv_algo", "winograd")
+    n, c, h, w_, o = shape
+    x = _input((n, c, h, w_), dtype, "channels_last")
+    w, b = _params(c, o, 3, dtype)
+    y = sf.functional.padded_conv2d(x, w, b, padding=1, padding_mode="zeros", activation="relu")
+    assert cpu_algorithm(x, w, (1, 1), (1, 1), 0, input_grad=True) == "winograd"
+    _check_mask_matters(y.double())
+    gy = make_input(y.shape, dtype, "channels_last", generator=torch.Generator().manual_seed(11))
+    gy = torch.where(y > 0, gy, torch.full_like(gy, 1e4))
+    ops = torch.ops.stylize_fast
+    with torch.profiler.profile() as prof:
+        gated, _, _ = ops.padded_conv2d_bwd(gy, x, w, [1, 1], [1, 1], 0, [True, False, False],
+                                            y, 1)
+    names = {e.name for e in prof.events()}
+    assert "aten::threshold_backward" not in names
+    copied, _, _ = ops.padded_conv2d_bwd(gy, x, w, [1, 1], [1, 1], 0, [True, True, False], y, 1)
+    x64 = x.double().requires_grad_()
+    conv64 = F.conv2d(x64, w.double(), b.double(), padding=1)
+    (want,) = torch.autograd.grad(conv64, x64, gy.double() * (y > 0))
+    assert gated.is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float32:
+        assert_close(gated, want, name="gated input gradient", **tolerance(dtype, 40.0))
+        assert_close(copied, want, name="masked-copy input gradient", **tolerance(dtype, 40.0))
+    else:
+        assert_half_close(gated, want, terms=o * 9, name="gated input gradient")
+        assert_half_close(copied, want, terms=o * 9, name="masked-copy input gradient")

@@ -213,14 +213,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   // relu's backward, grad_output where output > 0 else 0: one masked pass (the copy the unfused
   // relu's backward would make), before the gradient kernels.
   const auto gy_in = grad_output.contiguous(fmt);
-  const auto gy = activation == kRelu
+  const Algorithm input_grad_algorithm =
+      output_mask[0] && gy_in.numel() > 0 ? input_grad_algorithm_for(g, input.scalar_type())
+                                          : Algorithm::kLibrary;
+  // Only a channels-last, zero-padded Winograd input gradient is asked for (a frozen layer, e.g.
+  // the loss network's; other paddings fix the border from grad_output afterwards): relu's mask
+  // is applied as the Winograd input transform loads grad_output, no masked copy.
+  const bool gate_in_winograd = activation == kRelu && mode == kZeros &&
+                                input_grad_algorithm == Algorithm::kWinograd &&
+                                !output_mask[1] && !output_mask[2] && gy_in.stride(1) == 1;
+  const auto gate = gate_in_winograd ? output->contiguous(fmt) : at::Tensor();
+  const auto gy = activation == kRelu && !gate_in_winograd
                       ? at::threshold_backward(gy_in, *output, 0).contiguous(fmt)
                       : gy_in;
   auto none = at::empty({0}, input.options());
   at::Tensor grad_input, grad_weight, grad_bias;
-  const Algorithm input_grad_algorithm =
-      output_mask[0] && gy.numel() > 0 ? input_grad_algorithm_for(g, input.scalar_type())
-                                       : Algorithm::kLibrary;
   std::array<bool, 3> library_mask = output_mask;
   // Our weight gradient reads through the padding map: no border correction for it after.
   const Algorithm weight_grad_algorithm =
@@ -237,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
     const Geometry d = input_grad_geometry(g);
     grad_input = at::empty({g.n, g.c, g.h, g.w}, input.options().memory_format(fmt));
     if (input_grad_algorithm == Algorithm::kWinograd) {
-      winograd_input_grad(gy, weight, d, grad_input);
+      winograd_input_grad(gy, weight, d, grad_input, gate);
     } else {
       const auto flipped = weight.transpose(0, 1).flip({2, 3});  // (C, O, KH, KW)
       direct_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);

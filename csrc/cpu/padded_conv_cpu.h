@@ -94,7 +94,8 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
 // The backward's zero-padded input gradient (d = input_grad_geometry(g)): winograd_fwd of
 // grad_output with the transposed, flipped weight, read in place from weight (O, C, 3, 3).
 void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
-                         const Geometry& d, at::Tensor& grad_input);
+                         const Geometry& d, at::Tensor& grad_input,
+                         const at::Tensor& gate = at::Tensor());
 
 // Weight gradient for few output channels (padded_conv_cpu_wgrad.cpp), read through the padding
 // index map: wgrad_applies says whether it handles the layer and beats the library there;

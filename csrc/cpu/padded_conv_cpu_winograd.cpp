@@ -63,6 +63,9 @@ struct WinogradJob {
   bool stream_u;            // U too large to stay in cache: written with streaming stores
   bool flip_taps;           // w[o, c, a, b] read as w[o, c, 2 - a, 2 - b] (input gradient)
   bool relu;                // max(0, .) on the outputs as they are stored
+  // Input gradient of a conv + ReLU: the forward's output, with x's strides (channels-last
+  // input only); x is read as 0 where it is not > 0 (relu's backward fused into the load).
+  const void* gate;
 };
 
 struct KernelTable {
@@ -160,7 +163,7 @@ namespace {
 // winograd_fwd, the weight's taps read flipped with flip_taps.
 void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, bool flip_taps, int64_t activation,
-                  at::Tensor& out) {
+                  at::Tensor& out, const at::Tensor& gate = at::Tensor()) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
                   out.scalar_type() == dtype,
@@ -206,6 +209,12 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
   j.row_src = rows.data();
   j.col_src = cols.data();
   j.relu = activation == kRelu;
+  if (gate.defined()) {
+    TORCH_CHECK(!j.pack && gate.scalar_type() == dtype && gate.strides() == x.strides() &&
+                    gate.sizes() == x.sizes(),
+                "winograd: the ReLU gate must match the channels-last input's sizes and strides");
+    j.gate = gate.const_data_ptr();
+  }
 
   std::vector<float> bias_padded;
   if (bias.defined()) {
@@ -231,11 +240,11 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
 }
 
 void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
-                         const Geometry& d, at::Tensor& grad_input) {
+                         const Geometry& d, at::Tensor& grad_input, const at::Tensor& gate) {
   // The (C, O, 3, 3) view of the weight, its taps flipped where the weight transform reads
   // them: no copy (a flip and a channels-last copy of VGG's 512 x 512 weight cost several ms).
   winograd_run(grad_output, weight.transpose(0, 1), at::Tensor(), d, kZeros, true, kNoActivation,
-               grad_input);
+               grad_input, gate);
 }
 
 }  // namespace padded_conv_cpu

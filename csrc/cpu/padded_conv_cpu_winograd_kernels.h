@@ -182,6 +182,8 @@ template <typename T>
 void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count, float* V,
                      float* P) {
   const T* xn = static_cast<const T*>(j.x) + n * j.xs[0];
+  // The ReLU gate (input gradient of a conv + ReLU; never with P): same strides as x.
+  const T* gn = j.gate == nullptr ? nullptr : static_cast<const T*>(j.gate) + n * j.xs[0];
   const bool channels_contiguous = j.xs[1] == 1;
   int64_t ncols = 0;
   if (P != nullptr) {
@@ -218,6 +220,12 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
             d[i][k] = vf{};
           } else {
             d[i][k] = gather16(rows[i] + cols[k], c0, j.C, j.xs[1], full);
+            if (gn != nullptr) {  // relu's backward: the gradient where the output was > 0
+              const vf gate = gather16(gn + (rows[i] - xn) + cols[k], c0, j.C, j.xs[1], full);
+              d[i][k] = by_pieces<vf>(
+                  [](auto g, auto v) { return g > decltype(g){} ? v : decltype(v){}; }, gate,
+                  d[i][k]);
+            }
           }
         }
       vf out[6][6];
