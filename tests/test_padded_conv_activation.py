@@ -446,6 +446,8 @@ def test_input_gradient_only_masks_in_the_winograd_load(monkeypatch, dtype, shap
     _check_mask_matters(y.double())
     gy = make_input(y.shape, dtype, "channels_last", generator=torch.Generator().manual_seed(11))
     gy = torch.where(y > 0, gy, torch.full_like(gy, 1e4))
+    if n == 1:  # autograd may hand over a size-1 batch dimension with any stride
+        gy = gy.as_strided(gy.shape, (gy.numel() + 7, *gy.stride()[1:]))
     ops = torch.ops.stylize_fast
     with torch.profiler.profile() as prof:
         gated, _, _ = ops.padded_conv2d_bwd(gy, x, w, [1, 1], [1, 1], 0, [True, False, False],

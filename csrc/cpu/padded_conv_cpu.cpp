@@ -219,10 +219,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   // Only a channels-last, zero-padded Winograd input gradient is asked for (a frozen layer, e.g.
   // the loss network's; other paddings fix the border from grad_output afterwards): relu's mask
   // is applied as the Winograd input transform loads grad_output, no masked copy.
-  const bool gate_in_winograd = activation == kRelu && mode == kZeros &&
-                                input_grad_algorithm == Algorithm::kWinograd &&
-                                !output_mask[1] && !output_mask[2] && gy_in.stride(1) == 1;
-  const auto gate = gate_in_winograd ? output->contiguous(fmt) : at::Tensor();
+  at::Tensor gate;
+  if (activation == kRelu && mode == kZeros && input_grad_algorithm == Algorithm::kWinograd &&
+      !output_mask[1] && !output_mask[2] && gy_in.stride(1) == 1) {
+    auto gate_candidate = output->contiguous(fmt);
+    if (same_strides(gate_candidate, gy_in)) gate = gate_candidate;
+  }
+  const bool gate_in_winograd = gate.defined();
   const auto gy = activation == kRelu && !gate_in_winograd
                       ? at::threshold_backward(gy_in, *output, 0).contiguous(fmt)
                       : gy_in;

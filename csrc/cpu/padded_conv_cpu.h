@@ -93,6 +93,9 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
                   int64_t activation = kNoActivation);
 // The backward's zero-padded input gradient (d = input_grad_geometry(g)): winograd_fwd of
 // grad_output with the transposed, flipped weight, read in place from weight (O, C, 3, 3).
+// Whether a and b (same sizes) address their elements alike: equal strides wherever a size is
+// above 1 (a size-1 dimension's stride never multiplies a non-zero index).
+bool same_strides(const at::Tensor& a, const at::Tensor& b);
 void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                          const Geometry& d, at::Tensor& grad_input,
                          const at::Tensor& gate = at::Tensor());

@@ -210,8 +210,8 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
   j.col_src = cols.data();
   j.relu = activation == kRelu;
   if (gate.defined()) {
-    TORCH_CHECK(!j.pack && gate.scalar_type() == dtype && gate.strides() == x.strides() &&
-                    gate.sizes() == x.sizes(),
+    TORCH_CHECK(!j.pack && gate.scalar_type() == dtype && gate.sizes() == x.sizes() &&
+                    same_strides(gate, x),
                 "winograd: the ReLU gate must match the channels-last input's sizes and strides");
     j.gate = gate.const_data_ptr();
   }
@@ -237,6 +237,13 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
   winograd_run(input, weight, bias, g, mode, false, activation, out);
+}
+
+bool same_strides(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
 }
 
 void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
