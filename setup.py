@@ -5,6 +5,9 @@ Build against the torch you have installed:  pip install --no-build-isolation -e
 Switches (environment variables):
   STYLIZE_FAST_FORCE_CUDA=1  build the CUDA kernels or fail loudly (e.g. CUDA torch + nvcc, no GPU)
   STYLIZE_FAST_NO_CUDA=1     never build them
+  STYLIZE_FAST_BASELINE_CPU_ONLY=1  compile the CPU kernels for the baseline instruction set
+                             only (no AVX2 / AVX-512 copies): several times quicker to build, slower
+                             CPU kernels; for GPU checks on a machine with little build time
   TORCH_CUDA_ARCH_LIST, MAX_JOBS are honoured as by torch.utils.cpp_extension.
 What was built is recorded in stylize_fast/_build_info.json (read by `stylize-fast info`).
 """
@@ -109,6 +112,9 @@ def _extensions():
     nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"]
     sources = _sources("*.cpp", "cpu/*.cpp")
     define_macros = []
+    baseline_cpu_only = _flag("STYLIZE_FAST_BASELINE_CPU_ONLY")
+    if baseline_cpu_only:
+        define_macros.append(("SF_BASELINE_CPU_ONLY", "1"))
     ext_cls = cpp_extension.CppExtension
     extra = {"cxx": cxx_flags}
     if build_cuda:
@@ -136,6 +142,7 @@ def _extensions():
         "cuda_built": build_cuda,
         "reason": reason,
         "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if build_cuda else None,
+        "cpu_isa_copies": "default" if baseline_cpu_only else "default,avx2,avx512,avx512_bf16",
         "cxx_flags": extra["cxx"],
         "nvcc_flags": extra.get("nvcc"),
         "compiler": os.environ.get("CXX", "c++"),

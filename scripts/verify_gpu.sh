@@ -18,6 +18,14 @@
 # Every step runs even if an earlier one failed; summary.txt lists each step's exit status and
 # the script exits non-zero if any failed.
 #
+# SF_QUICK=1: the same checks sized for a lease of minutes (about 8 on 16 cores): an in-place
+# build of the CUDA kernels for the visible GPU only, CPU kernels at the baseline instruction set
+# (STYLIZE_FAST_BASELINE_CPU_ONLY=1); only the GPU cases of the kernel tests (`-k "cuda or
+# triton"`, on every core with pytest-xdist when present), no large shapes; the quick sweep;
+# memcheck only; `stylize-fast bench` on the quick case list. Each step is stopped after
+# SF_STEP_SECONDS [180] (pytest gets SIGINT first, so it still prints its summary).
+# SF_SKIP_BUILD=1 uses an extension already built in the checkout.
+#
 # Environment: PYTHON [python3] must have a CUDA build of torch (e.g. `pip install torch==2.14.1`
 # on CUDA 13 drivers) and triton; CUDA_HOME [/usr/local/cuda or nvcc's]; TORCH_CUDA_ARCH_LIST
 # [the visible GPU's]; MAX_JOBS [nproc]; SF_SKIP_SANITIZER=1 skips step 5; SF_SKIP_BENCH=1 step 6.
@@ -32,7 +40,9 @@ mkdir -p "$1" || exit 2
 RES="$(cd "$1" && pwd)"
 PY="${PYTHON:-python3}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-export STYLIZE_FAST_LARGE=1
+QUICK="${SF_QUICK:-0}"
+STEP_SECONDS="${SF_STEP_SECONDS:-180}"
+if [ "$QUICK" = "1" ]; then export STYLIZE_FAST_LARGE=0; else export STYLIZE_FAST_LARGE=1; fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 unset TRITON_INTERPRET STYLIZE_FAST_BACKEND STYLIZE_FAST_NO_CUDA || true
 cd "$ROOT" || exit 2
@@ -43,7 +53,11 @@ step() {  # step NAME LOGFILE COMMAND...: run, log, record the status; never abo
     shift 2
     local t0=$(date +%s)
     echo "== $name: $*" | tee -a "$RES/summary.txt"
-    "$@" > "$log" 2>&1
+    if [ "$QUICK" = "1" ]; then
+        timeout -s INT -k 15 "$STEP_SECONDS" "$@" > "$log" 2>&1
+    else
+        "$@" > "$log" 2>&1
+    fi
     local rc=$?
     echo "   exit $rc after $(( $(date +%s) - t0 ))s (log: ${log#$RES/})" | tee -a "$RES/summary.txt"
     tail -n 3 "$log" | sed 's/^/   | /'
@@ -67,25 +81,51 @@ fi
 
 # 2. build with CUDA (fails loudly if it cannot), then check both GPU backends are available
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-STYLIZE_FAST_FORCE_CUDA=1 step build "$RES/build.log" \
-    "$PY" -m pip install -v --no-build-isolation --no-deps -e .
-build_rc=$?
+if [ "${SF_SKIP_BUILD:-0}" = "1" ]; then
+    echo "== build: skipped (SF_SKIP_BUILD=1)" | tee -a "$RES/summary.txt"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    build_rc=0
+elif [ "$QUICK" = "1" ]; then
+    export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}"
+    STYLIZE_FAST_FORCE_CUDA=1 STYLIZE_FAST_BASELINE_CPU_ONLY=1 step build "$RES/build.log" \
+        "$PY" setup.py build_ext --inplace
+    build_rc=$?
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+else
+    STYLIZE_FAST_FORCE_CUDA=1 step build "$RES/build.log" \
+        "$PY" -m pip install -v --no-build-isolation --no-deps -e .
+    build_rc=$?
+fi
 step info "$RES/info.txt" "$PY" -m stylize_fast info
 step backends "$RES/backends.txt" "$PY" scripts/check_gpu_backends.py
 
 # 3. the whole suite, large shapes on
-step pytest "$RES/pytest.log" "$PY" -m pytest tests -q -rs --durations=25 \
-    --junitxml="$RES/junit.xml" -p no:cacheprovider
+if [ "$QUICK" = "1" ]; then
+    xdist=()
+    "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n "$(nproc)")
+    step pytest "$RES/pytest.log" "$PY" -m pytest tests/test_instance_norm.py \
+        tests/test_instance_norm_triton.py tests/test_padded_conv.py \
+        tests/test_padded_conv_activation.py tests/test_padded_conv_triton.py \
+        tests/test_fused_instance_norm_layer.py tests/test_backends.py tests/test_inference.py \
+        -k "cuda or triton" -q -rfEs --durations=15 "${xdist[@]}" \
+        --junitxml="$RES/junit.xml" -p no:cacheprovider
+else
+    step pytest "$RES/pytest.log" "$PY" -m pytest tests -q -rs --durations=25 \
+        --junitxml="$RES/junit.xml" -p no:cacheprovider
+fi
 
 # 4. schedule sweep of the GPU kernels (scripts/gpu_sweep.py)
-step sweep "$RES/sweep.log" "$PY" scripts/gpu_sweep.py "$RES/sweep.csv"
+SF_SWEEP_QUICK="${SF_SWEEP_QUICK:-$QUICK}" step sweep "$RES/sweep.log" \
+    "$PY" scripts/gpu_sweep.py "$RES/sweep.csv"
 
 # 5. compute-sanitizer on a quick subset (out-of-bounds accesses, shared-memory races)
 SANITIZER="$(command -v compute-sanitizer || true)"
 [ -z "$SANITIZER" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] && \
     SANITIZER="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
 if [ "${SF_SKIP_SANITIZER:-0}" != "1" ] && [ -n "$SANITIZER" ]; then
-    for tool in memcheck racecheck; do
+    tools=(memcheck racecheck)
+    [ "$QUICK" = "1" ] && tools=(memcheck)
+    for tool in "${tools[@]}"; do
         SF_SWEEP_QUICK=1 SF_SWEEP_BACKENDS=cuda step "sanitizer-$tool" "$RES/sanitizer_$tool.log" \
             "$SANITIZER" --tool "$tool" --error-exitcode 3 --target-processes all \
             "$PY" scripts/gpu_sweep.py "$RES/sanitizer_$tool.csv"
@@ -95,7 +135,11 @@ else
 fi
 
 # 6. benchmarks: scripts benchmarks/bench_*.py, the pytest-benchmark suite, the CLI bench
-if [ "${SF_SKIP_BENCH:-0}" != "1" ]; then
+if [ "${SF_SKIP_BENCH:-0}" != "1" ] && [ "$QUICK" = "1" ]; then
+    mkdir -p "$RES/bench"
+    step "stylize-fast bench" "$RES/bench_cli.log" "$PY" -m stylize_fast bench --device cuda \
+        --allocator pinned --time-limit "$(( STEP_SECONDS * 2 / 3 ))" --output "$RES/bench"
+elif [ "${SF_SKIP_BENCH:-0}" != "1" ]; then
     mkdir -p "$RES/bench"
     for f in benchmarks/bench_*.py; do
         [ -e "$f" ] || continue

@@ -24,7 +24,9 @@ import stylize_fast as sf  # noqa: E402
 
 LARGE = sf.config.get("large")  # STYLIZE_FAST_LARGE
 # Backends that run on CPU tensors on this machine, the reference last (it is also ground truth).
-CPU_TENSOR_BACKENDS = [b for b in ("cpu", "triton", "reference") if sf.backends.available()[b]]
+# Triton takes CPU tensors only in its interpreter, which is off where a GPU is visible.
+CPU_TENSOR_BACKENDS = [b for b in ("cpu", "triton", "reference") if sf.backends.available()[b]
+                       and (b != "triton" or sf.backends.triton_interpreted())]
 CUDA_TENSOR_BACKENDS = [b for b in ("cuda", "triton", "reference")
                         if torch.cuda.is_available() and sf.backends.available()[b]]
 

@@ -10,8 +10,10 @@
 // the cap comes from stylize_fast/config.py through csrc/config.h, so config.override switches it.
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SF_BASELINE_CPU_ONLY)
 // Per-level copies are compiled with `#pragma GCC target`; only GCC on x86-64 builds them.
+// SF_BASELINE_CPU_ONLY (setup.py: STYLIZE_FAST_BASELINE_CPU_ONLY=1) builds the baseline copy
+// alone: a build several times quicker, for machines where the CPU kernels' speed is not wanted.
 #define SF_MULTI_ISA 1
 #else
 #define SF_MULTI_ISA 0

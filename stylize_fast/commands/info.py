@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in info.items():
         print(f"{key:>20}: {value}")
     print(f"{'build':>20}: {build.get('reason')}")
-    for key in ("cuda_arch_list", "cxx_flags", "nvcc_flags", "extension_error"):
+    for key in ("cuda_arch_list", "cpu_isa_copies", "cxx_flags", "nvcc_flags", "extension_error"):
         if build.get(key):
             print(f"{'':>20}  {key}: {build[key]}")
     return 0
