@@ -9,7 +9,8 @@
 //   instance_norm_fwd  saves input, weight, bias, mean, rstd (not the output); mean and rstd are
 //                      not differentiable; the backward recomputes the activation mask.
 //   padded_conv2d_fwd  saves input and weight, and with an activation its output (the
-//                      backward's mask is output > 0; the output is not saved otherwise).
+//                      backward's mask is output > 0; the output is not saved otherwise);
+//                      with upsample > 1 it saves the small input, never the upsampled one.
 // Both backward calls ask only for the gradients autograd needs (output_mask). torch.compile
 // traces through these kernels with the ops' fake (meta) implementations from Python.
 #include <torch/autograd.h>
@@ -105,21 +106,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(
 }
 
 // ---------------------------------------------------------------------------------------------
-// padded_conv2d_fwd(input, weight, bias?, stride, padding, padding_mode, activation) -> output
+// padded_conv2d_fwd(input, weight, bias?, stride, padding, padding_mode, activation, upsample)
+//   -> output
 
 class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                               int64_t padding_mode, int64_t activation) {
+                               int64_t padding_mode, int64_t activation, int64_t upsample) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("stylize_fast::padded_conv2d_fwd", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
                                            const c10::optional<at::Tensor>&, c10::IntArrayRef,
-                                           c10::IntArrayRef, int64_t, int64_t)>();
+                                           c10::IntArrayRef, int64_t, int64_t, int64_t)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor output = op.call(input, weight, bias, stride, padding, padding_mode, activation);
+    at::Tensor output =
+        op.call(input, weight, bias, stride, padding, padding_mode, activation, upsample);
     if (activation != 0)
       ctx->save_for_backward({input, weight, output});
     else
@@ -129,6 +132,7 @@ class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> 
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["padding_mode"] = padding_mode;
+    ctx->saved_data["upsample"] = upsample;
     return {output};
   }
 
@@ -138,13 +142,13 @@ class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> 
                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              c10::IntArrayRef, c10::IntArrayRef, int64_t, std::array<bool, 3>,
-                             const c10::optional<at::Tensor>&, int64_t)>();
+                             const c10::optional<at::Tensor>&, int64_t, int64_t)>();
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &weight = saved[1];
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    has_bias && ctx->needs_input_grad(2)};
-    variable_list result(7);
+    variable_list result(8);
     if (!(mask[0] || mask[1] || mask[2])) return result;
     const int64_t activation = ctx->saved_data["activation"].toInt();
     const c10::optional<at::Tensor> output =
@@ -153,7 +157,7 @@ class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> 
     const std::vector<int64_t> padding = ctx->saved_data["padding"].toIntVector();
     auto [gi, gw, gb] = op.call(grads[0], input, weight, stride, padding,
                                 ctx->saved_data["padding_mode"].toInt(), mask, output,
-                                activation);
+                                activation, ctx->saved_data["upsample"].toInt());
     result[0] = or_undefined(mask[0], gi);
     result[1] = or_undefined(mask[1], gw);
     result[2] = or_undefined(mask[2], gb);
@@ -164,9 +168,10 @@ class PaddedConvFunction : public torch::autograd::Function<PaddedConvFunction> 
 at::Tensor padded_conv2d_fwd_autograd(const at::Tensor& input, const at::Tensor& weight,
                                       const c10::optional<at::Tensor>& bias,
                                       c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                      int64_t padding_mode, int64_t activation) {
+                                      int64_t padding_mode, int64_t activation,
+                                      int64_t upsample) {
   return PaddedConvFunction::apply(input, weight, bias, stride, padding, padding_mode,
-                                   activation)[0];
+                                   activation, upsample)[0];
 }
 
 }  // namespace

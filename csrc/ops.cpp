@@ -11,6 +11,11 @@
 //   padded_conv2d's activation: 0 = none, 1 = relu (applied in the kernels' output store; its
 //     backward masks grad_output with output > 0, so it takes the forward's output; 2 is
 //     reserved for leaky_relu, not implemented yet)
+//   padded_conv2d's upsample: nearest upsampling of the input by this integer factor before the
+//     padding (upsample_nearest2d's index rule, source = virtual // upsample); 1 = none. The CPU
+//     kernel folds it into the input read where its algorithm reads through index maps
+//     (Winograd's forward and weight gradient); other paths upsample first
+//     (csrc/padded_conv_upsample.h). grad_input has the (small) input's shape.
 //   statistics (mean, rstd) are float32, float64 for float64 input, shape (N, C)
 //   weight / bias reach kernels already contiguous and in the statistics dtype, shape (C,) or (N, C)
 //   outputs are allocated as at::empty_like(input, input.suggest_memory_format())
@@ -38,11 +43,12 @@ TORCH_LIBRARY(stylize_fast, m) {
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "padded_conv2d_fwd(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
-      "int[2] padding, int padding_mode, int activation=0) -> Tensor");
+      "int[2] padding, int padding_mode, int activation=0, int upsample=1) -> Tensor");
   m.def(
       "padded_conv2d_bwd(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
       "int[2] padding, int padding_mode, bool[3] output_mask, Tensor? output=None, "
-      "int activation=0) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+      "int activation=0, int upsample=1) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_bias)");
   // True when this library was compiled with the CUDA kernels (csrc/cuda).
   m.def("compiled_with_cuda() -> bool", []() -> bool {
 #ifdef STYLIZE_FAST_WITH_CUDA

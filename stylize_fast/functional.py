@@ -45,10 +45,13 @@ def padded_conv2d(
     padding: int | tuple[int, int] = 0,
     padding_mode: str = "reflect",
     activation: str | None = None,
+    upsample: int = 1,
 ) -> torch.Tensor:
     """``act(F.conv2d(F.pad(input, pad, padding_mode), weight, bias, stride))`` without building
     the padded tensor. ``padding_mode`` is ``"reflect"``, ``"replicate"`` or ``"zeros"``;
     ``activation`` None or ``"relu"``, applied in the convolution kernel's output store (its
-    backward needs only the output's sign)."""
+    backward needs only the output's sign); ``upsample`` an int >= 1, nearest upsampling of the
+    input before the padding (``F.interpolate(input, scale_factor=upsample)``), folded into the
+    CPU Winograd kernel's input read (see ``stylize_fast.ops.padded_conv.padded_conv2d``)."""
     return _padded_conv.padded_conv2d(input, weight, bias, stride, padding, padding_mode,
-                                      activation)
+                                      activation, upsample)

@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "cpu/padded_conv_cpu.h"
+#include "padded_conv_upsample.h"
 
 namespace stylize_fast {
 namespace padded_conv_cpu {
@@ -33,7 +34,8 @@ namespace {
 
 Geometry check_args(const char* fn, const at::Tensor& input, const at::Tensor& weight,
                     const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                    at::IntArrayRef padding, int64_t mode) {
+                    at::IntArrayRef padding, int64_t mode, int64_t up = 1) {
+  check_upsample(fn, up);
   TORCH_CHECK(input.dim() == 4, fn, ": input must have 4 dimensions (N, C, H, W), got ",
               input.dim(), " with shape ", input.sizes());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
@@ -65,6 +67,10 @@ Geometry check_args(const char* fn, const at::Tensor& input, const at::Tensor& w
              weight.size(0), weight.size(2), weight.size(3),
              stride[0], stride[1], padding[0], padding[1], 0, 0,
              input.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
+  // With upsampling, the geometry is the upsampled (virtual) input's (Geometry::up).
+  g.h *= up;
+  g.w *= up;
+  g.up = up;
   if (mode == kReflect) {
     TORCH_CHECK(g.ph < g.h && g.pw < g.w, fn, ": reflect padding must be smaller than the "
                 "input size in that dimension (as F.pad): padding (", g.ph, ", ", g.pw,
@@ -165,11 +171,18 @@ Algorithm weight_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
 
 at::Tensor padded_conv2d_fwd_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, int64_t mode, int64_t activation) {
-  const Geometry g = check_args("padded_conv2d_fwd", input, weight, bias, stride, padding, mode);
+                                 at::IntArrayRef padding, int64_t mode, int64_t activation,
+                                 int64_t upsample) {
+  const Geometry g =
+      check_args("padded_conv2d_fwd", input, weight, bias, stride, padding, mode, upsample);
   check_activation("padded_conv2d_fwd", activation);
   const auto fmt = input.suggest_memory_format();
   const Algorithm algorithm = algorithm_for(g, input.scalar_type());
+  // Winograd reads the input through index maps alone: the upsampling folds into them. Every
+  // other algorithm gets the upsampled input.
+  if (g.up > 1 && (algorithm != Algorithm::kWinograd || input.numel() == 0))
+    return padded_conv2d_fwd_cpu(upsampled_input(input, g.up), weight, bias, stride, padding,
+                                 mode, activation, 1);
   if (algorithm != Algorithm::kLibrary && input.numel() > 0) {
     auto out = at::empty({g.n, g.o, g.ho, g.wo}, input.options().memory_format(fmt));
     const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
@@ -188,9 +201,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t mode,
     std::array<bool, 3> output_mask, const c10::optional<at::Tensor>& output,
-    int64_t activation) {
-  const Geometry g =
-      check_args("padded_conv2d_bwd", input, weight, c10::nullopt, stride, padding, mode);
+    int64_t activation, int64_t upsample) {
+  const Geometry g = check_args("padded_conv2d_bwd", input, weight, c10::nullopt, stride,
+                                padding, mode, upsample);
   check_activation("padded_conv2d_bwd", activation);
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.n &&
                   grad_output.size(1) == g.o && grad_output.size(2) == g.ho &&
@@ -210,6 +223,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
                 grad_output.scalar_type());
   }
   const auto fmt = input.suggest_memory_format();
+  if (g.up > 1) {
+    // Folded upsampling needs the weight gradient from Winograd (it reads the input through
+    // index maps) and an input gradient that reads no input (direct / Winograd); the input
+    // gradient is then the upsampled input's, summed back at the end. Otherwise: upsample first.
+    const auto dtype = input.scalar_type();
+    const bool folds =
+        grad_output.numel() > 0 && input.numel() > 0 &&
+        (!output_mask[1] || weight_grad_algorithm_for(g, dtype) == Algorithm::kWinograd) &&
+        (!output_mask[0] || input_grad_algorithm_for(g, dtype) != Algorithm::kLibrary);
+    if (!folds) {
+      auto [gi, gw, gb] = padded_conv2d_bwd_cpu(grad_output, upsampled_input(input, g.up),
+                                                weight, stride, padding, mode, output_mask,
+                                                output, activation, 1);
+      return {output_mask[0] ? fold_upsampled_grad(gi, g.up) : gi, gw, gb};
+    }
+  }
   // relu's backward, grad_output where output > 0 else 0: one masked pass (the copy the unfused
   // relu's backward would make), before the gradient kernels.
   const auto gy_in = grad_output.contiguous(fmt);
@@ -238,7 +267,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
           ? weight_grad_algorithm_for(g, input.scalar_type())
           : Algorithm::kLibrary;
   const bool own_weight_grad = weight_grad_algorithm != Algorithm::kLibrary;
-  if (own_weight_grad) {
+  if (own_weight_grad || (g.up > 1 && output_mask[2])) {
+    // (With folded upsampling the library sees no input of the geometry's size: bias here.)
     library_mask[1] = library_mask[2] = false;
     if (output_mask[2]) grad_bias = gy.sum(at::IntArrayRef{0, 2, 3});
   }
@@ -275,8 +305,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   if (fix && (output_mask[0] || fix_weight)) {
     at::Tensor ring_grad_input = output_mask[0] ? grad_input : at::Tensor();
     at::Tensor ring_grad_weight = fix_weight ? grad_weight_acc : at::Tensor();
-    fix_backward_border(gy, input, weight, g, mode, ring_grad_input, ring_grad_weight);
+    // Folded upsampling: no weight fix here (Winograd's), and the ring terms go to the
+    // upsampled input's gradient, which stands in for the input (its layout and dtype).
+    fix_backward_border(gy, g.up > 1 ? grad_input : input, weight, g, mode, ring_grad_input,
+                        ring_grad_weight);
   }
+  if (output_mask[0] && g.up > 1) grad_input = fold_upsampled_grad(grad_input, g.up);
   if (output_mask[1]) grad_weight = grad_weight_acc.to(input.scalar_type()).contiguous();
   return {output_mask[0] ? grad_input : none, output_mask[1] ? grad_weight : none.clone(),
           output_mask[2] ? grad_bias.contiguous() : none.clone()};

@@ -35,6 +35,11 @@ struct Geometry {
   int64_t sh, sw, ph, pw;  // stride, padding
   int64_t ho, wo;          // output
   bool channels_last;      // the input's suggested memory format is channels_last
+  // Nearest upsampling folded into the input read: h and w above are then the upsampled
+  // ("virtual") sizes, and the kernels read source pixel (virtual index) / up through the
+  // index maps (source_index below). Only Winograd's forward and weight gradient read through
+  // such maps alone; elsewhere padded_conv_cpu.cpp upsamples first.
+  int64_t up = 1;
 };
 
 // Source index of padded coordinate i (0 <= i < size + 2 * pad) under reflect / replicate;
@@ -49,6 +54,13 @@ inline int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode) 
     return r;
   }
   return r < 0 ? 0 : size - 1;
+}
+
+// The same for a virtual input upsampled `up` times (nearest) from a source of size / up:
+// the source pixel that virtual pixel repeats.
+inline int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode, int64_t up) {
+  const int64_t r = source_index(i, pad, size, mode);
+  return r < 0 ? r : r / up;
 }
 
 // The forward algorithms; padded_conv2d_fwd_cpu picks one per call (algorithm_for).

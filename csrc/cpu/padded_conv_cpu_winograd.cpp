@@ -203,9 +203,9 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
   // the edge, which are never stored.
   std::vector<int64_t> rows(tiles_h * 4 + 2), cols(j.tiles_w * 4 + 2);
   for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i)
-    rows[i] = i < g.h + 2 * g.ph ? source_index(i, g.ph, g.h, mode) : -1;
+    rows[i] = i < g.h + 2 * g.ph ? source_index(i, g.ph, g.h, mode, g.up) : -1;
   for (int64_t i = 0; i < static_cast<int64_t>(cols.size()); ++i)
-    cols[i] = i < g.w + 2 * g.pw ? source_index(i, g.pw, g.w, mode) : -1;
+    cols[i] = i < g.w + 2 * g.pw ? source_index(i, g.pw, g.w, mode, g.up) : -1;
   j.row_src = rows.data();
   j.col_src = cols.data();
   j.relu = activation == kRelu;

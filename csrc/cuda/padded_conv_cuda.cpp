@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "padded_conv_kernels.h"
+#include "padded_conv_upsample.h"
 
 namespace {
 
@@ -114,8 +115,13 @@ void check_launch(cudaError_t err, const char* op, const char* kernel) {
 at::Tensor padded_conv2d_fwd_cuda(const at::Tensor& input, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding, int64_t padding_mode,
-                                  int64_t activation) {
+                                  int64_t activation, int64_t upsample) {
   constexpr const char* op = "padded_conv2d_fwd";
+  check_upsample(op, upsample);
+  // The CUDA kernels do not fold upsampling into their loads yet: upsample first.
+  if (upsample > 1)
+    return padded_conv2d_fwd_cuda(upsampled_input(input, upsample), weight, bias, stride,
+                                  padding, padding_mode, activation, 1);
   conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, op);
   check_activation(activation, op);
   s.activation = static_cast<int>(activation);
@@ -147,8 +153,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t padding_mode,
     std::array<bool, 3> output_mask, const std::optional<at::Tensor>& output,
-    int64_t activation) {
+    int64_t activation, int64_t upsample) {
   constexpr const char* op = "padded_conv2d_bwd";
+  check_upsample(op, upsample);
+  if (upsample > 1) {
+    auto [gi, gw, gb] =
+        padded_conv2d_bwd_cuda(grad_output, upsampled_input(input, upsample), weight, stride,
+                               padding, padding_mode, output_mask, output, activation, 1);
+    return {output_mask[0] ? fold_upsampled_grad(gi, upsample) : gi, gw, gb};
+  }
   conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, op);
   check_tensor(grad_output, input, op, "grad_output");
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == s.n &&

@@ -113,7 +113,8 @@ class UpsampleConvLayer(nn.Module):
     """Doubling (or ``upsample``-fold) upsampling followed by a convolution.
 
     ``mode="nearest"``: nearest-neighbour interpolation then a padded convolution (the PyTorch
-    examples' ``UpsampleConvLayer``; keys ``conv2d.*``). ``mode="transpose"``: a transposed
+    examples' ``UpsampleConvLayer``; keys ``conv2d.*``); fused, one ``PaddedConv2d(upsample=...)``
+    that folds the upsampling into the convolution's input read. ``mode="transpose"``: a transposed
     convolution with stride ``upsample`` (texture_nets ``johnson.lua``), output exactly
     ``upsample`` times the input size. Shapes: ``(N, C_in, H, W)`` -> ``(N, C_out, sH, sW)``."""
 
@@ -132,9 +133,11 @@ class UpsampleConvLayer(nn.Module):
         else:
             self.pad, self.conv2d = make_padded_conv(in_channels, out_channels, kernel_size, 1,
                                                      padding_mode, fused)
+            if isinstance(self.conv2d, PaddedConv2d):
+                self.conv2d.upsample = self.upsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "transpose":
+        if self.mode == "transpose" or isinstance(self.conv2d, PaddedConv2d):
             return self.conv2d(x)
         if self.upsample > 1:
             x = F.interpolate(x, mode="nearest", scale_factor=float(self.upsample))

@@ -19,10 +19,13 @@ class PaddedConv2d(nn.Conv2d):
     or ``"zeros"``; groups = 1 and dilation = 1. ``activation`` (keyword-only): None (the default)
     or ``"relu"``, applied in the convolution kernel's output store (conv + ReLU in one kernel);
     it adds no parameter or buffer, so the ``state_dict`` is that of ``nn.Conv2d``.
+    ``upsample`` (keyword-only, int >= 1, default 1): nearest upsampling of the input by that
+    factor before the padding -- ``F.interpolate(x, scale_factor=s)`` + conv in one layer, folded
+    into the CPU Winograd kernel's input read (no upsampled tensor is built or saved).
 
     Shapes: input ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; output
-    ``(N, C_out, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)`` in the input's memory
-    format.
+    ``(N, C_out, (sH + 2 ph - KH) // sh + 1, (sW + 2 pw - KW) // sw + 1)`` (s = upsample) in the
+    input's memory format.
     """
 
     def __init__(
@@ -38,8 +41,10 @@ class PaddedConv2d(nn.Conv2d):
         dtype=None,
         *,
         activation: str | None = None,
+        upsample: int = 1,
     ) -> None:
         _ops.check_activation(activation, fn="PaddedConv2d")
+        upsample = _ops.check_upsample(upsample, fn="PaddedConv2d")
         if padding_mode not in PADDING_MODE_NAMES:
             raise ValueError(f"PaddedConv2d: padding_mode must be one of "
                              f"{sorted(PADDING_MODE_NAMES)}, got {padding_mode!r}")
@@ -53,11 +58,16 @@ class PaddedConv2d(nn.Conv2d):
             raise ValueError(f"PaddedConv2d: padding must be >= 0, got {padding!r}")
         self.activation = None if activation is None or activation.lower() == "none" \
             else activation.lower()
+        self.upsample = upsample
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
         activation = getattr(self, "activation", None)  # modules pickled before it existed
-        return text if activation is None else f"{text}, activation={activation!r}"
+        if activation is not None:
+            text += f", activation={activation!r}"
+        if getattr(self, "upsample", 1) != 1:
+            text += f", upsample={self.upsample}"
+        return text
 
     @classmethod
     def from_conv(
@@ -96,7 +106,8 @@ class PaddedConv2d(nn.Conv2d):
         if input.dim() == 3:
             return self.forward(input.unsqueeze(0)).squeeze(0)
         return _ops.padded_conv2d(input, self.weight, self.bias, self.stride, self.padding,
-                                  self.padding_mode, getattr(self, "activation", None))
+                                  self.padding_mode, getattr(self, "activation", None),
+                                  getattr(self, "upsample", 1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ Every backend implements the same internal signature
     fwd(input, weight, bias, stride: tuple[int, int], padding: tuple[int, int],
         padding_mode_code: int, activation_code: int) -> output
 
-(activation_code: 0 none, 1 relu, applied in the kernels' output store.)
+(activation_code: 0 none, 1 relu, applied in the kernels' output store.) The compiled op
+(cpu, cuda) takes one more, ``upsample`` (nearest upsampling of the input before the padding,
+folded into the CPU Winograd kernel's input read); for the other backends the input is upsampled
+here first (``UPSAMPLE_NATIVE``).
 
 with the arguments already checked by :func:`check_args` (same dtype and device, groups = 1).
 The output has the input's suggested memory format (channels_last in -> channels_last out).
@@ -20,6 +23,7 @@ import functools
 import numbers
 
 import torch
+import torch.nn.functional as F
 
 from .. import _extension, backends, config
 from . import padded_conv_reference as reference
@@ -33,6 +37,19 @@ from .common import (
 )
 
 OP = "padded_conv2d"
+# Backends whose kernel takes the upsample argument (the compiled op; its CUDA kernels upsample
+# first in the binding); for the others the input is upsampled before the call.
+UPSAMPLE_NATIVE = ("cpu", "cuda")
+
+
+def check_upsample(upsample, *, fn: str = "padded_conv2d") -> int:
+    """The public ``upsample`` argument as an int >= 1, or a clear error naming it."""
+    if isinstance(upsample, bool) or not isinstance(upsample, numbers.Integral):
+        raise TypeError(f"{fn}: upsample must be an int >= 1 (nearest upsampling factor, 1 = "
+                        f"none), got {upsample!r}")
+    if upsample < 1:
+        raise ValueError(f"{fn}: upsample must be >= 1 (1 = none), got {upsample!r}")
+    return int(upsample)
 
 
 def _pair(value, name: str, fn: str, minimum: int) -> tuple[int, int]:
@@ -57,8 +74,10 @@ def check_args(
     padding_mode: str,
     *,
     fn: str = "padded_conv2d",
+    upsample: int = 1,
 ) -> tuple[tuple[int, int], tuple[int, int], PaddingMode]:
-    """Validate the public arguments; return (stride, padding, padding_mode_code)."""
+    """Validate the public arguments (``upsample`` already checked: the padding applies to the
+    upsampled input); return (stride, padding, padding_mode_code)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{fn}: input must be a torch.Tensor, got {type(input).__name__}")
     if input.dim() != 4:
@@ -99,7 +118,7 @@ def check_args(
                          f"as {padding!r} is not supported), got {padding!r}")
     padding = _pair(padding, "padding", fn, 0)
     code = padding_mode_code(padding_mode)
-    h, w = input.shape[2], input.shape[3]
+    h, w = input.shape[2] * upsample, input.shape[3] * upsample
     if code == PaddingMode.REFLECT and (padding[0] >= h or padding[1] >= w):
         raise ValueError(f"{fn}: reflect padding must be smaller than the input size in that "
                          f"dimension (as F.pad): padding (pad_h, pad_w) = {padding} for input "
@@ -132,9 +151,10 @@ def check_activation(activation: str | None, *, fn: str = "padded_conv2d") -> Ac
 
 
 def output_shape(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
-                 padding: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``(N, O, HO, WO)`` of the padded convolution."""
+                 padding: tuple[int, int], upsample: int = 1) -> tuple[int, int, int, int]:
+    """``(N, O, HO, WO)`` of the padded convolution (of the input upsampled ``upsample`` times)."""
     n, _, h, w = input.shape
+    h, w = h * upsample, w * upsample
     o, _, kh, kw = weight.shape
     return (n, o, (h + 2 * padding[0] - kh) // stride[0] + 1,
             (w + 2 * padding[1] - kw) // stride[1] + 1)
@@ -148,13 +168,29 @@ def padded_conv2d_checked(
     padding: tuple[int, int],
     padding_mode: int,
     activation: int = Activation.NONE,
+    upsample: int = 1,
 ) -> torch.Tensor:
     """Run the selected backend on checked arguments."""
+    name = "reference"
+    if input.numel() > 0:
+        name, fn = backends.select(OP, input, weight, bias, stride, padding, padding_mode,
+                                   upsample)
+    if upsample > 1 and name in UPSAMPLE_NATIVE:
+        return fn(input, weight, bias, stride, padding, int(padding_mode), int(activation),
+                  upsample)
+    if upsample > 1:
+        input = upsample_nearest(input, upsample)
     if input.numel() == 0:
         return reference.padded_conv2d_forward(input, weight, bias, stride, padding, padding_mode,
                                                activation)
-    _, fn = backends.select(OP, input, weight, bias, stride, padding, padding_mode)
     return fn(input, weight, bias, stride, padding, int(padding_mode), int(activation))
+
+
+def upsample_nearest(input: torch.Tensor, upsample: int) -> torch.Tensor:
+    """``input`` upsampled ``upsample`` times (nearest; source pixel = index // upsample), in its
+    memory format: what the folded kernels read without building it."""
+    return F.interpolate(input, size=(input.shape[2] * upsample, input.shape[3] * upsample),
+                         mode="nearest")
 
 
 def padded_conv2d(
@@ -165,9 +201,12 @@ def padded_conv2d(
     padding: int | tuple[int, int] = 0,
     padding_mode: str = "reflect",
     activation: str | None = None,
+    upsample: int = 1,
 ) -> torch.Tensor:
     """``act(F.conv2d(F.pad(input, (pw, pw, ph, ph), padding_mode), weight, bias, stride))``
     without building the padded tensor; the activation is applied in the kernel's output store.
+    With ``upsample=s`` the input is first upsampled ``s`` times (nearest, as
+    ``F.interpolate(input, scale_factor=s)``): a nearest upsampling + conv layer in one op.
 
     Args:
         input: ``(N, C, H, W)``, float16 / bfloat16 / float32 / float64, any memory format.
@@ -178,19 +217,25 @@ def padded_conv2d(
         padding_mode: ``"reflect"``, ``"replicate"`` or ``"zeros"``.
         activation: None or ``"relu"``. With ``"relu"`` the backward masks the gradient with
             ``output > 0`` (the output is saved for it; without an activation it is not).
+        upsample: int >= 1, nearest upsampling factor applied before the padding (1 = none).
+            The CPU Winograd kernel (3x3 stride 1, float32 / bfloat16) reads the input through
+            its index map, so neither the forward nor autograd's saved tensors hold an
+            upsampled copy; other kernels upsample first.
 
     Returns:
-        ``(N, O, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1)`` in the input's memory
-        format. Differentiable in input, weight and bias. Under ``torch.autocast`` the
+        ``(N, O, (sH + 2 ph - KH) // sh + 1, (sW + 2 pw - KW) // sw + 1)`` (s = upsample) in the
+        input's memory format. Differentiable in input, weight and bias. Under ``torch.autocast`` the
         tensors are cast to the autocast dtype first, as ``F.conv2d`` does.
     """
     if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
         dtype = torch.get_autocast_dtype(input.device.type)
         input, weight = input.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
-    stride, padding, code = check_args(input, weight, bias, stride, padding, padding_mode)
+    upsample = check_upsample(upsample)
+    stride, padding, code = check_args(input, weight, bias, stride, padding, padding_mode,
+                                       upsample=upsample)
     act = check_activation(activation)
-    return padded_conv2d_checked(input, weight, bias, stride, padding, code, act)
+    return padded_conv2d_checked(input, weight, bias, stride, padding, code, act, upsample)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,13 +269,13 @@ def register_autograd(fwd_op, bwd_op) -> None:
     torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
 
 
-def fake_forward(input, weight, bias, stride, padding, padding_mode, activation=0):
-    return torch.empty(output_shape(input, weight, stride, padding), dtype=input.dtype,
+def fake_forward(input, weight, bias, stride, padding, padding_mode, activation=0, upsample=1):
+    return torch.empty(output_shape(input, weight, stride, padding, upsample), dtype=input.dtype,
                        device=input.device, memory_format=output_memory_format(input))
 
 
 def fake_backward(grad_output, input, weight, stride, padding, padding_mode, output_mask,
-                  output=None, activation=0):
+                  output=None, activation=0, upsample=1):
     # grad_input in the input's layout; grad_weight contiguous; grad_bias (O,); unrequested (0,).
     grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
                               memory_format=output_memory_format(input))
@@ -259,27 +304,33 @@ def _cpu_algorithm(*key) -> str:
 
 def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
                   padding: tuple[int, int], padding_mode: int, *, input_grad: bool = False,
-                  weight_grad: bool = False) -> str:
+                  weight_grad: bool = False, upsample: int = 1) -> str:
     """The algorithm the C++ CPU kernel runs for these (checked) arguments: ``"direct"`` (few
     output or input channels, float32 stride 2 in NCHW), ``"winograd"`` (3x3 stride 1, float32 /
     bfloat16) or ``"library"`` (oneDNN with zero padding + border fix-up) -- for the forward, or
     with ``input_grad`` for the backward's input gradient (direct or Winograd where they apply),
     or with ``weight_grad`` for its weight gradient (``"direct"``: the weight-gradient kernel for
-    few output channels). ``config`` option ``conv_algo`` (``STYLIZE_FAST_CONV_ALGO``) forces one."""
+    few output channels). ``config`` option ``conv_algo`` (``STYLIZE_FAST_CONV_ALGO``) forces one.
+    With ``upsample``, the algorithm for the upsampled input's geometry (the forward folds the
+    upsampling only into Winograd; the backward folds it when its weight gradient, if asked for,
+    is Winograd's and its input gradient, if asked for, is not the library's)."""
     if input_grad and weight_grad:
         raise ValueError("cpu_algorithm: ask for input_grad or weight_grad, not both")
-    return _cpu_algorithm(tuple(int(s) for s in input.shape), tuple(int(s) for s in weight.shape),
+    size = tuple(int(s) for s in input.shape)
+    size = size[:2] + (size[2] * upsample, size[3] * upsample)
+    return _cpu_algorithm(size, tuple(int(s) for s in weight.shape),
                           input.dtype, output_memory_format(input) == torch.channels_last,
                           tuple(stride), tuple(padding), int(padding_mode), bool(input_grad),
                           bool(weight_grad), config.get("conv_algo"))
 
 
-def _cpu_kernel_pays(input, weight, bias, stride, padding, padding_mode) -> bool:
+def _cpu_kernel_pays(input, weight, bias, stride, padding, padding_mode, upsample=1) -> bool:
     """Automatic choice on CPU: the C++ kernel when it runs one of its own algorithms (measured
     faster than F.pad + F.conv2d, README Performance); its library path (border fix-up) saves the
     padded copy's memory but measures 1.0-1.1x the eager pair's time, so the reference (the eager
     pair) runs those layers unless sf.backends.use("cpu") forces the kernel."""
-    return cpu_algorithm(input, weight, stride, padding, padding_mode) != "library"
+    return cpu_algorithm(input, weight, stride, padding, padding_mode,
+                         upsample=upsample) != "library"
 
 
 def _register_compiled_ops() -> None:

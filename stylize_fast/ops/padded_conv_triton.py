@@ -331,9 +331,11 @@ def _output_size(size: int, pad: int, k: int, stride: int) -> int:
 
 
 def supports(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             stride: Sequence[int], padding: Sequence[int], padding_mode: int) -> str | None:
-    """Legality check for the ``triton`` backend: None if these kernels run this input, else the
-    reason. (Argument errors proper are raised by ``padded_conv.check_args`` before this.)"""
+             stride: Sequence[int], padding: Sequence[int], padding_mode: int,
+             upsample: int = 1) -> str | None:
+    """Legality check for the ``triton`` backend: None if these kernels run this input (after
+    ``upsample``, which ops/padded_conv.py applies first), else the reason. (Argument errors
+    proper are raised by ``padded_conv.check_args`` before this.)"""
     if input.dtype not in _FLOAT_DTYPES:
         return f"dtype {input.dtype} is not supported (float16, bfloat16, float32, float64)"
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
@@ -346,11 +348,12 @@ def supports(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return "CPU tensors need TRITON_INTERPRET=1"
     if weight.device != input.device or (bias is not None and bias.device != input.device):
         return "all tensors must be on the input's device"
-    n, _, h, w = input.shape
+    n, c, h, w = input.shape
+    h, w = h * upsample, w * upsample
     oh = _output_size(h, int(padding[0]), weight.shape[2], int(stride[0]))
     ow = _output_size(w, int(padding[1]), weight.shape[3], int(stride[1]))
     # Pixel indices are int32 in the kernels (element offsets are int64).
-    if max(input.numel(), weight.numel(), n * weight.shape[0] * oh * ow) >= 2**31:
+    if max(n * c * h * w, weight.numel(), n * weight.shape[0] * oh * ow) >= 2**31:
         return "tensors of 2**31 or more elements are not supported"
     return None
 
