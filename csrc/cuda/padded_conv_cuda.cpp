@@ -20,6 +20,9 @@
 namespace {
 
 namespace conv = stylize_fast::cuda::conv;
+using stylize_fast::check_upsample;
+using stylize_fast::fold_upsampled_grad;
+using stylize_fast::upsampled_input;
 
 conv::DType dtype_of(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {

@@ -1,5 +1,7 @@
 """Padded convolution providers: ours (padding inside the kernel) against building the padded
-tensor (``F.pad`` + ``F.conv2d``), ``nn.Conv2d(padding_mode=...)`` and torch.compile."""
+tensor (``F.pad`` + ``F.conv2d``), ``nn.Conv2d(padding_mode=...)`` and torch.compile. Cases
+with an ``upsample`` param are nearest upsampling + padded conv layers: ours is one
+``PaddedConv2d(upsample=...)``, the others run ``nn.Upsample`` first."""
 
 from __future__ import annotations
 
@@ -20,6 +22,15 @@ def _geometry(case: Case) -> tuple[int, int, int, int, int, str]:
     out, k = int(case.param("out")), int(case.param("kernel"))
     stride, mode = int(case.param("stride", 1)), str(case.param("padding_mode", "reflect"))
     return cin, out, k, stride, k // 2, mode
+
+
+def _upsample(case: Case) -> int:
+    return int(case.param("upsample", 1))
+
+
+def _upsampled(up: int, module: nn.Module) -> nn.Module:
+    return module if up == 1 else nn.Sequential(nn.Upsample(scale_factor=up, mode="nearest"),
+                                                module)
 
 
 def _conv_init(m: nn.Module, seed: int = 2) -> nn.Module:
@@ -48,6 +59,7 @@ def providers(case: Case, device: str, *, compile: bool = False) -> list[Provide
     """Every padded-conv provider for ``case`` (input (N, Cin, H, W); params out, kernel,
     stride, padding_mode; padding kernel // 2 as in the Johnson net)."""
     cin, cout, k, stride, pad, mode = _geometry(case)
+    up = _upsample(case)
     out: list[Provider] = []
     for backend, reason in sf_backends(OP, device):
         name = f"sf-{backend}"
@@ -60,15 +72,17 @@ def providers(case: Case, device: str, *, compile: bool = False) -> list[Provide
                 from ..nn import PaddedConv2d
             except ImportError:
                 raise Skip("stylize_fast.PaddedConv2d is not available yet") from None
-            return PaddedConv2d(cin, cout, k, stride, pad, padding_mode=mode)
+            return PaddedConv2d(cin, cout, k, stride, pad, padding_mode=mode, upsample=up)
 
         out.append(_provider(case, device, name, backend, factory, sf_backend=backend))
     if not sf_backends(OP, device):
         out.append(skipped("sf", "-", "no backend implements padded_conv2d yet"))
-    explicit = lambda: nn.Sequential(_PAD_MODULES[mode](pad), nn.Conv2d(cin, cout, k, stride))
+    explicit = lambda: _upsampled(up, nn.Sequential(_PAD_MODULES[mode](pad),
+                                                    nn.Conv2d(cin, cout, k, stride)))
     out.append(_provider(case, device, BASELINE, "torch", explicit, baseline=True))
     out.append(_provider(case, device, "Conv2d(padding_mode)", "torch",
-                         lambda: nn.Conv2d(cin, cout, k, stride, pad, padding_mode=mode)))
+                         lambda: _upsampled(up, nn.Conv2d(cin, cout, k, stride, pad,
+                                                          padding_mode=mode))))
     if compile:
         out.append(_provider(case, device, f"compiled {BASELINE}", "inductor", explicit,
                              compile=True))
@@ -78,7 +92,7 @@ def providers(case: Case, device: str, *, compile: bool = False) -> list[Provide
 
 def _out_hw(case: Case) -> tuple[int, int]:
     _, _, k, stride, pad, _ = _geometry(case)
-    h, w = case.shape[2:]
+    h, w = (s * _upsample(case) for s in case.shape[2:])
     return (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
 
 
@@ -114,8 +128,11 @@ def note(case: Case, device: str) -> str:
     x = torch.empty(case.shape, dtype=case.torch_dtype).contiguous(memory_format=case.memory_format)
     w = torch.empty(cout, cin, k, k, dtype=case.torch_dtype)
     args = (x, w, (stride, stride), (pad, pad), int(padding_mode_code(mode)))
-    text = ops.cpu_algorithm(*args)
+    up = _upsample(case)
+    text = ops.cpu_algorithm(*args, upsample=up)
     if case.mode == "forward+backward":
-        text += (f"; input grad {ops.cpu_algorithm(*args, input_grad=True)}"
-                 f", weight grad {ops.cpu_algorithm(*args, weight_grad=True)}")
+        text += (f"; input grad {ops.cpu_algorithm(*args, input_grad=True, upsample=up)}"
+                 f", weight grad {ops.cpu_algorithm(*args, weight_grad=True, upsample=up)}")
+    if up != 1:
+        text += f" (upsample x{up}{' folded' if text.startswith('winograd') else ' first'})"
     return text

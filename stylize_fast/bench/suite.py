@@ -121,8 +121,12 @@ def _params(**kw: object) -> tuple[tuple[str, object], ...]:
     return tuple(sorted(kw.items()))
 
 
-def conv_params(out: int, kernel: int, stride: int = 1, padding_mode: str = "reflect"):
-    return _params(out=out, kernel=kernel, stride=stride, padding_mode=padding_mode)
+def conv_params(out: int, kernel: int, stride: int = 1, padding_mode: str = "reflect",
+                upsample: int = 1):
+    """Params of a padded-conv case; ``upsample`` > 1 (nearest, before the padding) only
+    appears when set, so the other cases keep their ids."""
+    extra = {"upsample": upsample} if upsample != 1 else {}
+    return _params(out=out, kernel=kernel, stride=stride, padding_mode=padding_mode, **extra)
 
 
 # Johnson et al.'s generator at an H x W input: the instance-norm inputs (N, C, h, w) of its
