@@ -225,8 +225,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
   const auto fmt = input.suggest_memory_format();
   if (g.up > 1) {
     // Folded upsampling needs the weight gradient from Winograd (it reads the input through
-    // index maps) and an input gradient that reads no input (direct / Winograd); the input
-    // gradient is then the upsampled input's, summed back at the end. Otherwise: upsample first.
+    // index maps) and an input gradient that reads no input (direct / Winograd); Winograd sums
+    // the upsampled input's gradient onto the pixels as it stores it (factors 2 and 4), the
+    // direct kernel's is summed afterwards. Otherwise: upsample first.
     const auto dtype = input.scalar_type();
     const bool folds =
         grad_output.numel() > 0 && input.numel() > 0 &&
@@ -272,12 +273,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
     library_mask[1] = library_mask[2] = false;
     if (output_mask[2]) grad_bias = gy.sum(at::IntArrayRef{0, 2, 3});
   }
+  // Folded upsampling by 2 or 4: Winograd sums each up x up block of the upsampled input's
+  // gradient as it stores it, so grad_input is the small input's from the start.
+  const int64_t input_pool =
+      g.up > 1 && input_grad_algorithm == Algorithm::kWinograd && 4 % g.up == 0 ? g.up : 1;
   if (input_grad_algorithm != Algorithm::kLibrary) {
     library_mask[0] = false;
     const Geometry d = input_grad_geometry(g);
-    grad_input = at::empty({g.n, g.c, g.h, g.w}, input.options().memory_format(fmt));
+    grad_input = at::empty({g.n, g.c, g.h / input_pool, g.w / input_pool},
+                           input.options().memory_format(fmt));
     if (input_grad_algorithm == Algorithm::kWinograd) {
-      winograd_input_grad(gy, weight, d, grad_input, gate);
+      winograd_input_grad(gy, weight, d, grad_input, gate, input_pool);
     } else {
       const auto flipped = weight.transpose(0, 1).flip({2, 3});  // (C, O, KH, KW)
       direct_fwd(gy, flipped, at::Tensor(), d, kZeros, grad_input);
@@ -308,9 +314,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
     // Folded upsampling: no weight fix here (Winograd's), and the ring terms go to the
     // upsampled input's gradient, which stands in for the input (its layout and dtype).
     fix_backward_border(gy, g.up > 1 ? grad_input : input, weight, g, mode, ring_grad_input,
-                        ring_grad_weight);
+                        ring_grad_weight, input_pool);
   }
-  if (output_mask[0] && g.up > 1) grad_input = fold_upsampled_grad(grad_input, g.up);
+  if (output_mask[0] && g.up > 1 && input_pool == 1)
+    grad_input = fold_upsampled_grad(grad_input, g.up);
   if (output_mask[1]) grad_weight = grad_weight_acc.to(input.scalar_type()).contiguous();
   return {output_mask[0] ? grad_input : none, output_mask[1] ? grad_weight : none.clone(),
           output_mask[2] ? grad_bias.contiguous() : none.clone()};

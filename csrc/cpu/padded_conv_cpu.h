@@ -77,9 +77,11 @@ at::Tensor library_fwd(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> library_bwd_zero_padded(
     const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight, const Geometry& g,
     std::array<bool, 3> mask);
+// pool > 1: grad_input is the small input's of a folded upsampling (g.up = pool); a ring term
+// of virtual pixel (r, c) is added to pixel (r / pool, c / pool).
 void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight,
                          const Geometry& g, int64_t mode, at::Tensor& grad_input,
-                         at::Tensor& grad_weight_acc);
+                         at::Tensor& grad_weight_acc, int64_t pool = 1);
 // t with the canonical strides of fmt (size-1 dims included, as at::empty makes them).
 at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt);
 // Where sums and corrections accumulate: float64 for float64, else float32.
@@ -108,9 +110,11 @@ void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::T
 // Whether a and b (same sizes) address their elements alike: equal strides wherever a size is
 // above 1 (a size-1 dimension's stride never multiplies a non-zero index).
 bool same_strides(const at::Tensor& a, const at::Tensor& b);
+// pool > 1 (2 or 4; an input gradient of a folded upsampling, d's output being the upsampled
+// input): grad_input is the small input's, each pool x pool block summed as it is stored.
 void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                          const Geometry& d, at::Tensor& grad_input,
-                         const at::Tensor& gate = at::Tensor());
+                         const at::Tensor& gate = at::Tensor(), int64_t pool = 1);
 
 // Weight gradient for few output channels (padded_conv_cpu_wgrad.cpp), read through the padding
 // index map: wgrad_applies says whether it handles the layer and beats the library there;

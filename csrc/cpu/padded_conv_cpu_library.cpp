@@ -275,7 +275,7 @@ at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDo
 // defined): (O, C, KH, KW) contiguous, accumulation dtype.
 void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at::Tensor& weight,
                          const Geometry& g, int64_t mode, at::Tensor& grad_input,
-                         at::Tensor& grad_weight_acc) {
+                         at::Tensor& grad_weight_acc, int64_t pool) {
   const BorderPixels bp = border_pixels(g);
   const int64_t P = g.n * bp.size(), K = g.c * g.kh * g.kw, S = bp.size();
   if (P == 0) return;
@@ -361,7 +361,7 @@ void fix_backward_border(const at::Tensor& gy, const at::Tensor& input, const at
         const int64_t n = t / g.c, c = t % g.c;
         scalar_t* plane = gi + n * gs[0] + c * gs[1];
         auto add = [&](int64_t r, int64_t col) {
-          scalar_t& dst = plane[r * gs[2] + col * gs[3]];
+          scalar_t& dst = plane[r / pool * gs[2] + col / pool * gs[3]];
           const acc_t ring = ra[acc_offset(n, slots.slot(r, col), c)];
           dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + ring);
         };

@@ -63,6 +63,7 @@ struct WinogradJob {
   bool stream_u;            // U too large to stay in cache: written with streaming stores
   bool flip_taps;           // w[o, c, a, b] read as w[o, c, 2 - a, 2 - b] (input gradient)
   bool relu;                // max(0, .) on the outputs as they are stored
+  int64_t pool;             // 1, or 2 / 4: pool x pool output blocks summed into one y pixel
   // Input gradient of a conv + ReLU: the forward's output, with x's strides (channels-last
   // input only); x is read as 0 where it is not > 0 (relu's backward fused into the load).
   const void* gate;
@@ -163,7 +164,7 @@ namespace {
 // winograd_fwd, the weight's taps read flipped with flip_taps.
 void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, bool flip_taps, int64_t activation,
-                  at::Tensor& out, const at::Tensor& gate = at::Tensor()) {
+                  at::Tensor& out, const at::Tensor& gate = at::Tensor(), int64_t pool = 1) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
                   out.scalar_type() == dtype,
@@ -209,6 +210,13 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
   j.row_src = rows.data();
   j.col_src = cols.data();
   j.relu = activation == kRelu;
+  // Pooled stores sum whole blocks inside a tile: the pool divides the tile (4) and the output.
+  TORCH_CHECK((pool == 1 || pool == 2 || pool == 4) && g.ho % pool == 0 && g.wo % pool == 0 &&
+                  out.size(2) == g.ho / pool && out.size(3) == g.wo / pool &&
+                  (pool == 1 || !j.relu),
+              "winograd: pooled store needs pool 1, 2 or 4 dividing the output (", g.ho, " x ",
+              g.wo, "), y of the pooled size and no activation");
+  j.pool = pool;
   if (gate.defined()) {
     TORCH_CHECK(!j.pack && gate.scalar_type() == dtype && gate.sizes() == x.sizes() &&
                     same_strides(gate, x),
@@ -247,11 +255,12 @@ bool same_strides(const at::Tensor& a, const at::Tensor& b) {
 }
 
 void winograd_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
-                         const Geometry& d, at::Tensor& grad_input, const at::Tensor& gate) {
+                         const Geometry& d, at::Tensor& grad_input, const at::Tensor& gate,
+                         int64_t pool) {
   // The (C, O, 3, 3) view of the weight, its taps flipped where the weight transform reads
   // them: no copy (a flip and a channels-last copy of VGG's 512 x 512 weight cost several ms).
   winograd_run(grad_output, weight.transpose(0, 1), at::Tensor(), d, kZeros, true, kNoActivation,
-               grad_input, gate);
+               grad_input, gate, pool);
 }
 
 }  // namespace padded_conv_cpu

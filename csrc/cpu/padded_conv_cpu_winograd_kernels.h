@@ -288,7 +288,9 @@ void gemm(const WinogradJob& j, const float* V, float* M, int64_t rows) {
 }
 
 // out[n, o, 4 ty + a, 4 tx + b] = (A^T M A)[a][b] + bias[o], for the pixels inside the output
-// (max(0, .) of it with j.relu).
+// (max(0, .) of it with j.relu). With j.pool > 1 (2 or 4: the input gradient of a folded
+// upsampling) each pool x pool block of a tile is summed and stored as one pixel of y, which
+// holds (HO / pool, WO / pool): blocks never straddle tiles, whose origins are multiples of 4.
 template <typename T>
 void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
                       const float* M) {
@@ -309,6 +311,28 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
       }
       const vf bias = j.bias == nullptr ? vf{} : vload(j.bias + o0);
       const bool full = channels_contiguous && o0 + kLanes <= j.O;
+      auto store = [&](T* p, const vf& value) {
+        if (full) {
+          store16(p + o0, value);
+        } else {
+          alignas(64) float lane[kLanes];
+          vstore(lane, value);
+          for (int64_t l = 0; l < kLanes && o0 + l < j.O; ++l)
+            p[(o0 + l) * j.ys[1]] = static_cast<T>(lane[l]);
+        }
+      };
+      if (j.pool > 1) {
+        vf sum[4][4] = {};
+        for (int a = 0; a < rows; ++a) {
+          vf out[4];
+          at6(tmp[a], out);
+          for (int b = 0; b < cols; ++b) sum[a / j.pool][b / j.pool] += out[b] + bias;
+        }
+        for (int a = 0; a < (rows + j.pool - 1) / j.pool; ++a)
+          for (int b = 0; b < (cols + j.pool - 1) / j.pool; ++b)
+            store(yn + (y0 / j.pool + a) * j.ys[2] + (x0 / j.pool + b) * j.ys[3], sum[a][b]);
+        continue;
+      }
       for (int a = 0; a < rows; ++a) {
         vf out[4];
         at6(tmp[a], out);
@@ -316,15 +340,7 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
         for (int b = 0; b < cols; ++b) {
           vf value = out[b] + bias;
           if (j.relu) value = by_pieces<vf>([](auto piece) { return max0(piece); }, value);
-          T* p = prow + (x0 + b) * j.ys[3];
-          if (full) {
-            store16(p + o0, value);
-          } else {
-            alignas(64) float lane[kLanes];
-            vstore(lane, value);
-            for (int64_t l = 0; l < kLanes && o0 + l < j.O; ++l)
-              p[(o0 + l) * j.ys[1]] = static_cast<T>(lane[l]);
-          }
+          store(prow + (x0 + b) * j.ys[3], value);
         }
       }
     }
