@@ -1,8 +1,7 @@
-// padded_conv2d's `upsample` argument where a kernel cannot fold it into its input read: the
-// input upsampled first (nearest, upsample_nearest2d's rule), and the gradient of the upsampled
-// input summed back onto the pixels it repeats (upsample_nearest2d_backward: each sum rounded
-// once). Shared by the CPU entry points (for the algorithms without index maps) and the CUDA
-// binding.
+// padded_conv2d's `upsample` argument: its check (the CPU entry points and the CUDA binding),
+// and where a CPU algorithm cannot fold it into its input read, the input upsampled first
+// (nearest, upsample_nearest2d's rule) and the gradient of the upsampled input summed back onto
+// the pixels it repeats (upsample_nearest2d_backward: each sum rounded once).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -21,8 +21,6 @@ namespace {
 
 namespace conv = stylize_fast::cuda::conv;
 using stylize_fast::check_upsample;
-using stylize_fast::fold_upsampled_grad;
-using stylize_fast::upsampled_input;
 
 conv::DType dtype_of(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {
@@ -45,10 +43,12 @@ void check_tensor(const at::Tensor& t, const at::Tensor& input, const char* op,
               "dtype ", input.scalar_type(), ", got ", t.scalar_type());
 }
 
-// Validates input / weight / stride / padding / mode and returns the shape (strides not set).
+// Validates input / weight / stride / padding / mode / upsample and returns the shape (strides
+// not set; h, w the upsampled sizes with a folded upsampling).
 conv::ConvShape check_conv(const at::Tensor& input, const at::Tensor& weight,
                            at::IntArrayRef stride, at::IntArrayRef padding, int64_t padding_mode,
-                           const char* op) {
+                           int64_t upsample, const char* op) {
+  check_upsample(op, upsample);
   TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor, got device ", input.device());
   TORCH_CHECK(input.dim() == 4, op, ": input must have 4 dimensions (N, C, H, W), got shape ",
               input.sizes());
@@ -66,7 +66,7 @@ conv::ConvShape check_conv(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(padding_mode >= 0 && padding_mode <= 2, op,
               ": padding_mode must be 0 (zeros), 1 (reflect) or 2 (replicate), got ",
               padding_mode);
-  const int64_t H = input.size(2), W = input.size(3);
+  const int64_t H = input.size(2) * upsample, W = input.size(3) * upsample;
   TORCH_CHECK(padding_mode != 1 || (padding[0] < H && padding[1] < W), op, ": reflect padding ",
               padding, " must be smaller than the input's spatial size (", H, ", ", W, ")");
   TORCH_CHECK(padding_mode != 2 || input.numel() > 0 || (padding[0] == 0 && padding[1] == 0), op,
@@ -88,6 +88,7 @@ conv::ConvShape check_conv(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(s.n * H * W <= kIntMax && s.n * s.oh * s.ow <= kIntMax &&
                   s.c_in * KH * KW <= kIntMax && s.c_out * KH * KW <= kIntMax &&
                   padding[0] <= kIntMax / 4 && padding[1] <= kIntMax / 4 &&
+                  upsample <= kIntMax &&
                   stride[0] <= kIntMax && stride[1] <= kIntMax,
               op, ": sizes too large for the CUDA kernels (N*H*W and N*OH*OW must be < 2^31)");
   s.kh = static_cast<int>(KH);
@@ -97,6 +98,7 @@ conv::ConvShape check_conv(const at::Tensor& input, const at::Tensor& weight,
   s.pad_h = static_cast<int>(padding[0]);
   s.pad_w = static_cast<int>(padding[1]);
   s.mode = static_cast<int>(padding_mode);
+  s.up = static_cast<int>(upsample);
   return s;
 }
 
@@ -120,12 +122,7 @@ at::Tensor padded_conv2d_fwd_cuda(const at::Tensor& input, const at::Tensor& wei
                                   at::IntArrayRef padding, int64_t padding_mode,
                                   int64_t activation, int64_t upsample) {
   constexpr const char* op = "padded_conv2d_fwd";
-  check_upsample(op, upsample);
-  // The CUDA kernels do not fold upsampling into their loads yet: upsample first.
-  if (upsample > 1)
-    return padded_conv2d_fwd_cuda(upsampled_input(input, upsample), weight, bias, stride,
-                                  padding, padding_mode, activation, 1);
-  conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, op);
+  conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, upsample, op);
   check_activation(activation, op);
   s.activation = static_cast<int>(activation);
   const bool has_bias = bias.has_value() && bias->defined();
@@ -158,14 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cuda(
     std::array<bool, 3> output_mask, const std::optional<at::Tensor>& output,
     int64_t activation, int64_t upsample) {
   constexpr const char* op = "padded_conv2d_bwd";
-  check_upsample(op, upsample);
-  if (upsample > 1) {
-    auto [gi, gw, gb] =
-        padded_conv2d_bwd_cuda(grad_output, upsampled_input(input, upsample), weight, stride,
-                               padding, padding_mode, output_mask, output, activation, 1);
-    return {output_mask[0] ? fold_upsampled_grad(gi, upsample) : gi, gw, gb};
-  }
-  conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, op);
+  conv::ConvShape s = check_conv(input, weight, stride, padding, padding_mode, upsample, op);
   check_tensor(grad_output, input, op, "grad_output");
   TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == s.n &&
                   grad_output.size(1) == s.c_out && grad_output.size(2) == s.oh &&

@@ -123,6 +123,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool col_ok = co < s.c_out;
   const T* w_co = w + (col_ok ? co : 0) * s.w_stride[0];
   const int c_in = static_cast<int>(s.c_in);
+  const int up = s.up > 1 ? s.up : 1;
 
   A acc[4][4];
 #pragma unroll
@@ -142,7 +143,8 @@ __global__ void __launch_bounds__(kThreads)
           const int ih = source_index(ih0 + kh, static_cast<int>(s.h), s.mode);
           const int iw = source_index(iw0 + kw, static_cast<int>(s.w), s.mode);
           if (ih >= 0 && iw >= 0)
-            av = to_acc(x_n[ci * s.x_stride[1] + ih * s.x_stride[2] + iw * s.x_stride[3]]);
+            av = to_acc(x_n[ci * s.x_stride[1] + ih / up * s.x_stride[2] +
+                            iw / up * s.x_stride[3]]);
         }
         if (col_ok)
           bv = to_acc(w_co[ci * s.w_stride[1] + kh * s.w_stride[2] + kw * s.w_stride[3]]);
@@ -175,8 +177,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
+// kUp: the folded upsampling factor, 1 (none), 2 (the generators' x2, a constant) or 0 (any,
+// ConvShape::up). Instantiations of their own, so that the plain kernel keeps the registers it
+// had. The loop over the upsampled pixels costs a few: under the compiler's default (64 here)
+// the folded float / half / bfloat16 instances spill, so they ask for 3 blocks per SM (80
+// registers, no spill); float64 (gradcheck only) keeps the default, which leaves it 94.
+template <typename T, int kUp>
+constexpr int kFoldMinBlocks = kUp == 1 || sizeof(T) == 8 ? 0 : 3;
+
+template <typename T, int kUp>
+__global__ void __launch_bounds__(kThreads, kFoldMinBlocks<T, kUp>)
     padded_conv_bwd_input_kernel(const T* __restrict__ gy, const T* __restrict__ w,
                                  T* __restrict__ gx, const ConvShape s, int variants_h,
                                  int variants_w) {
@@ -187,16 +197,19 @@ __global__ void __launch_bounds__(kThreads)
   const int lr = tid % kTileM, lk = tid / kTileM;
   const int H = static_cast<int>(s.h), W = static_cast<int>(s.w);
   const int OH = static_cast<int>(s.oh), OW = static_cast<int>(s.ow);
-  const int M = static_cast<int>(s.n) * H * W;
+  // Rows are the stored input's pixels: (H / up, W / up) with a folded upsampling.
+  const int up = kUp == 0 ? s.up : kUp;
+  const int HS = H / up, WS = W / up;
+  const int M = static_cast<int>(s.n) * HS * WS;
   const int c_out = static_cast<int>(s.c_out);
   const int m0 = blockIdx.x * kTileM, ci0 = blockIdx.y * kTileN;
 
-  // The A row (input pixel) and B column (input channel) this thread loads.
+  // The A row (stored input pixel) and B column (input channel) this thread loads.
   const int m = m0 + lr;
   const bool row_ok = m < M;
-  const int pw = row_ok ? m % W : 0;
-  const int ph = row_ok ? (m / W) % H : 0;
-  const int64_t n = row_ok ? m / (W * H) : 0;
+  const int pws = row_ok ? m % WS : 0;
+  const int phs = row_ok ? (m / WS) % HS : 0;
+  const int64_t n = row_ok ? m / (WS * HS) : 0;
   const T* gy_n = gy + n * s.y_stride[0];
   const int ci = ci0 + lr;
   const bool col_ok = ci < s.c_in;
@@ -208,11 +221,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
 
-  for (int vh = 0; vh < variants_h; ++vh) {
+  // Folded upsampling: each upsampled row / column that repeats the stored pixel, its variants
+  // in turn (qh = sub-row * variants_h + variant; one loop each way keeps the registers).
+  for (int qh = 0; qh < up * variants_h; ++qh) {
+    const int vh = qh % variants_h, ph = phs * up + qh / variants_h;
     int ih;
     const bool ok_h = variant_coord(ph, H, s.pad_h, vh, s.mode, ih);
     const TapRange th = tap_range(vh, H, s.pad_h, s.kh, s.stride_h, OH);
-    for (int vw = 0; vw < variants_w; ++vw) {
+    for (int qw = 0; qw < up * variants_w; ++qw) {
+      const int vw = qw % variants_w, pw = pws * up + qw / variants_w;
       int iw;
       const bool ok_w = variant_coord(pw, W, s.pad_w, vw, s.mode, iw);
       const TapRange tw = tap_range(vw, W, s.pad_w, s.kw, s.stride_w, OW);
@@ -255,8 +272,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < 4; ++i) {
     const int mi = m0 + ty + 16 * i;
     if (mi >= M) continue;
-    const int wi = mi % W, hi = (mi / W) % H;
-    const int64_t ni = mi / (W * H);
+    const int wi = mi % WS, hi = (mi / WS) % HS;
+    const int64_t ni = mi / (WS * HS);
     T* gx_pix = gx + ni * s.x_stride[0] + hi * s.x_stride[2] + wi * s.x_stride[3];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -298,6 +315,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tap = col_ok ? j - ci * taps : 0;
   const int kh = tap / s.kw, kw = tap - kh * s.kw;
   const T* x_ci = x + ci * s.x_stride[1];
+  const int up = s.up > 1 ? s.up : 1;
 
   A acc[4][4];
 #pragma unroll
@@ -321,7 +339,8 @@ __global__ void __launch_bounds__(kThreads)
           const int ih = source_index(oh * s.stride_h + kh - s.pad_h, H, s.mode);
           const int iw = source_index(ow * s.stride_w + kw - s.pad_w, W, s.mode);
           if (ih >= 0 && iw >= 0)
-            bv = to_acc(x_ci[n * s.x_stride[0] + ih * s.x_stride[2] + iw * s.x_stride[3]]);
+            bv = to_acc(x_ci[n * s.x_stride[0] + ih / up * s.x_stride[2] +
+                             iw / up * s.x_stride[3]]);
         }
       }
       bias_sum += av;
@@ -370,13 +389,16 @@ cudaError_t forward_typed(const ConvShape& s, const void* x, const void* w, cons
 template <typename T>
 cudaError_t backward_input_typed(const ConvShape& s, const void* gy, const void* w, void* gx,
                                  cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(s.n * s.h * s.w, kTileM)),
+  const int64_t up = s.up > 1 ? s.up : 1;  // rows: the stored input's pixels
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.n * (s.h / up) * (s.w / up), kTileM)),
                   static_cast<unsigned>(ceil_div(s.c_in, kTileN)));
   const int variants_h = s.mode == 0 ? 1 : 1 + 2 * s.pad_h;
   const int variants_w = s.mode == 0 ? 1 : 1 + 2 * s.pad_w;
-  padded_conv_bwd_input_kernel<T><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(gy), static_cast<const T*>(w), static_cast<T*>(gx), s, variants_h,
-      variants_w);
+  const auto kernel = up == 1   ? padded_conv_bwd_input_kernel<T, 1>
+                     : up == 2 ? padded_conv_bwd_input_kernel<T, 2>
+                               : padded_conv_bwd_input_kernel<T, 0>;
+  kernel<<<grid, kThreads, 0, stream>>>(static_cast<const T*>(gy), static_cast<const T*>(w),
+                                        static_cast<T*>(gx), s, variants_h, variants_w);
   return cudaGetLastError();
 }
 

@@ -14,6 +14,10 @@
 //                  element, fixed order: deterministic, no atomics.
 //   activation   : relu in the forward's store; the backward kernels read grad_output through
 //                  the mask output > 0 (ConvShape::activation / out).
+//   upsample     : nearest upsampling folded into the loads (ConvShape::up): h, w are the
+//                  upsampled sizes, a source coordinate i reads stored pixel i / up; the input
+//                  gradient's rows are the stored pixels, each gathering for the up x up
+//                  upsampled pixels that repeat it (no upsampled tensor or gradient is built).
 //   weight grad  : M = c_out, N = (c_in, kh, kw), K = (n, oh, ow) split into `splits` ranges;
 //                  each block writes its partial, the binding sums them in a fixed order. The
 //                  bias gradient comes from the same grad_output tiles.
@@ -50,6 +54,9 @@ struct ConvShape {
   int activation;
   const void* out;
   int64_t o_stride[4];
+  // Nearest upsampling folded into the loads: h and w above are the upsampled sizes, x_stride
+  // (and grad_input) the stored input's of (h / up, w / up). 0 or 1: none.
+  int up;
 };
 
 // How the weight gradient's reduction over (n, oh, ow) is split: `splits` blocks along z, each

@@ -9,9 +9,9 @@ Every backend implements the same internal signature
         padding_mode_code: int, activation_code: int) -> output
 
 (activation_code: 0 none, 1 relu, applied in the kernels' output store.) The compiled op
-(cpu, cuda) takes one more, ``upsample`` (nearest upsampling of the input before the padding,
-folded into the CPU Winograd kernel's input read); for the other backends the input is upsampled
-here first (``UPSAMPLE_NATIVE``).
+(cpu, cuda) and the Triton op take one more, ``upsample`` (nearest upsampling of the input
+before the padding, folded into the CPU Winograd kernel's and the Triton kernels' input reads);
+for the reference the input is upsampled here first (``UPSAMPLE_NATIVE``).
 
 with the arguments already checked by :func:`check_args` (same dtype and device, groups = 1).
 The output has the input's suggested memory format (channels_last in -> channels_last out).
@@ -37,9 +37,9 @@ from .common import (
 )
 
 OP = "padded_conv2d"
-# Backends whose kernel takes the upsample argument (the compiled op; its CUDA kernels upsample
-# first in the binding); for the others the input is upsampled before the call.
-UPSAMPLE_NATIVE = ("cpu", "cuda")
+# Backends whose kernel takes the upsample argument (the compiled op, whose CUDA binding upsamples
+# first; Triton folds it into its loads); for the reference the input is upsampled first.
+UPSAMPLE_NATIVE = ("cpu", "cuda", "triton")
 
 
 def check_upsample(upsample, *, fn: str = "padded_conv2d") -> int:
@@ -251,6 +251,7 @@ def register_autograd(fwd_op, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
         input, weight, bias, stride, padding, padding_mode = inputs[:6]
         ctx.activation = int(inputs[6]) if len(inputs) > 6 else 0
+        ctx.upsample = int(inputs[7]) if len(inputs) > 7 else 1
         if ctx.activation:
             ctx.save_for_backward(input, weight, output)
         else:
@@ -263,8 +264,8 @@ def register_autograd(fwd_op, bwd_op) -> None:
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[2]]
         grads = bwd_op(grad_output, input, weight, ctx.stride, ctx.padding, ctx.padding_mode,
-                       mask, output[0] if output else None, ctx.activation)
-        return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None)
+                       mask, output[0] if output else None, ctx.activation, ctx.upsample)
+        return (*(g if m else None for g, m in zip(grads, mask)), None, None, None, None, None)
 
     torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
 

@@ -28,6 +28,11 @@ No padded tensor is ever built.
   split into ``SPLIT`` contiguous ranges. Each program writes its fp32 partial
   ``[SPLIT, c_out, c_in, kh, kw]``; the host sums over ``SPLIT`` in a fixed order
   (deterministic). The bias gradient is summed from the same ``grad_output`` tiles.
+* upsample (``UP`` > 1, nearest upsampling before the padding, folded): the kernels see the
+  upsampled ("virtual") sizes; the forward and weight-gradient loads map a virtual source
+  coordinate ``i`` to the stored pixel ``i // UP``; the input-gradient program of a stored
+  pixel loops over the ``UP x UP`` virtual pixels that repeat it and sums their gathers in its
+  accumulator, so no upsampled tensor (nor its gradient) is ever built.
 * activation (``ACTIVATION`` = 1, relu): the forward clamps its accumulator in the store; both
   gradient kernels read ``grad_output`` through the mask ``output > 0`` (the forward's output,
   loaded with the same tile indices), so relu's backward costs no pass and no temporary.
@@ -150,6 +155,7 @@ def _fwd_kernel(
     ACC_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ACTIVATION: tl.constexpr = 0,  # 1: relu in the store
+    UP: tl.constexpr = 1,  # nearest upsampling folded into the loads (H, W: upsampled sizes)
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -165,8 +171,12 @@ def _fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kh in range(KH):
         ih, vh = _source_index(oh * STRIDE_H + kh - PAD_H, H, MODE)
+        if UP > 1:
+            ih = ih // UP
         for kw in range(KW):
             iw, vw = _source_index(ow * STRIDE_W + kw - PAD_W, W, MODE)
+            if UP > 1:
+                iw = iw // UP
             row_mask = m_mask & vh & vw
             x_row = x_ptr + n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
             w_tap = w_ptr + kh * swh + kw * sww
@@ -199,14 +209,17 @@ def _bwd_input_kernel(
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ACTIVATION: tl.constexpr = 0,  # 1: grad_output read through relu's mask (output > 0)
+    UP: tl.constexpr = 1,  # folded upsampling: H, W upsampled sizes; grad_input (H/UP, W/UP)
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < N * H * W
-    w = offs_m % W
-    h = (offs_m // W) % H
-    n = (offs_m // (W * H)).to(tl.int64)
+    HS = H // UP
+    WS = W // UP
+    m_mask = offs_m < N * HS * WS
+    ws = offs_m % WS  # the stored pixel this row of the tile computes
+    hs = (offs_m // WS) % HS
+    n = (offs_m // (WS * HS)).to(tl.int64)
     ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ci_mask = ci < C_in
     offs_k = tl.arange(0, BLOCK_K)
@@ -214,41 +227,46 @@ def _bwd_input_kernel(
     o_n = o_ptr + n * son
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for v_h in range(VARIANTS_H):
-        ih, ok_h = _variant(h, H, PAD_H, v_h, MODE)
-        kh_lo, kh_hi, kh_step = _tap_range(v_h, H, PAD_H, KH, STRIDE_H, OH)
-        for v_w in range(VARIANTS_W):
-            iw, ok_w = _variant(w, W, PAD_W, v_w, MODE)
-            kw_lo, kw_hi, kw_step = _tap_range(v_w, W, PAD_W, KW, STRIDE_W, OW)
-            ok = m_mask & ok_h & ok_w
-            # Border variants reach few pixels: skip the whole pass when none is in this tile.
-            if tl.max(ok.to(tl.int32), axis=0) > 0:
-                for kh in range(kh_lo, kh_hi, kh_step):
-                    th = ih + PAD_H - kh  # = oh * STRIDE_H when this tap reads coordinate ih
-                    oh = th // STRIDE_H
-                    ok_kh = (th >= 0) & (th % STRIDE_H == 0) & (oh < OH)
-                    oh = tl.where(ok_kh, oh, 0)
-                    for kw in range(kw_lo, kw_hi, kw_step):
-                        tw = iw + PAD_W - kw
-                        ow = tw // STRIDE_W
-                        ok_kw = (tw >= 0) & (tw % STRIDE_W == 0) & (ow < OW)
-                        ow = tl.where(ok_kw, ow, 0)
-                        row_mask = ok & ok_kh & ok_kw
-                        gy_row = gy_n + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
-                        o_row = oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
-                        w_tap = w_ptr + kh * swh + kw * sww
-                        for c0 in range(0, C_out, BLOCK_K):
-                            co = c0 + offs_k
-                            co_mask = co < C_out
-                            a_mask = row_mask[:, None] & co_mask[None, :]
-                            a = tl.load(gy_row[:, None] + co[None, :] * sgc, mask=a_mask,
-                                        other=0.0)
-                            a = _relu_masked(a, o_n[:, None], o_row[:, None] + co[None, :] * soc, a_mask,
-                                             ACTIVATION, UPCAST)
-                            b = tl.load(w_tap + co[:, None] * swo + ci[None, :] * swi,
-                                        mask=co_mask[:, None] & ci_mask[None, :], other=0.0)
-                            acc = _mma(a, b, acc, UPCAST)
-    gx = gx_ptr + n[:, None] * sxn + ci[None, :] * sxc + (h * sxh + w * sxw)[:, None]
+    # The virtual pixels (h, w) that repeat it, each gathered as a pixel of the upsampled input.
+    for sub in range(UP * UP):
+        h = hs * UP + sub // UP
+        w = ws * UP + sub % UP
+        for v_h in range(VARIANTS_H):
+            ih, ok_h = _variant(h, H, PAD_H, v_h, MODE)
+            kh_lo, kh_hi, kh_step = _tap_range(v_h, H, PAD_H, KH, STRIDE_H, OH)
+            for v_w in range(VARIANTS_W):
+                iw, ok_w = _variant(w, W, PAD_W, v_w, MODE)
+                kw_lo, kw_hi, kw_step = _tap_range(v_w, W, PAD_W, KW, STRIDE_W, OW)
+                ok = m_mask & ok_h & ok_w
+                # Border variants reach few pixels: skip the whole pass when none is in this tile.
+                if tl.max(ok.to(tl.int32), axis=0) > 0:
+                    for kh in range(kh_lo, kh_hi, kh_step):
+                        th = ih + PAD_H - kh  # = oh * STRIDE_H when this tap reads coordinate ih
+                        oh = th // STRIDE_H
+                        ok_kh = (th >= 0) & (th % STRIDE_H == 0) & (oh < OH)
+                        oh = tl.where(ok_kh, oh, 0)
+                        for kw in range(kw_lo, kw_hi, kw_step):
+                            tw = iw + PAD_W - kw
+                            ow = tw // STRIDE_W
+                            ok_kw = (tw >= 0) & (tw % STRIDE_W == 0) & (ow < OW)
+                            ow = tl.where(ok_kw, ow, 0)
+                            row_mask = ok & ok_kh & ok_kw
+                            gy_row = gy_n + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
+                            o_row = oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
+                            w_tap = w_ptr + kh * swh + kw * sww
+                            for c0 in range(0, C_out, BLOCK_K):
+                                co = c0 + offs_k
+                                co_mask = co < C_out
+                                a_mask = row_mask[:, None] & co_mask[None, :]
+                                a = tl.load(gy_row[:, None] + co[None, :] * sgc, mask=a_mask,
+                                            other=0.0)
+                                a = _relu_masked(a, o_n[:, None],
+                                                 o_row[:, None] + co[None, :] * soc, a_mask,
+                                                 ACTIVATION, UPCAST)
+                                b = tl.load(w_tap + co[:, None] * swo + ci[None, :] * swi,
+                                            mask=co_mask[:, None] & ci_mask[None, :], other=0.0)
+                                acc = _mma(a, b, acc, UPCAST)
+    gx = gx_ptr + n[:, None] * sxn + ci[None, :] * sxc + (hs * sxh + ws * sxw)[:, None]
     tl.store(gx, acc.to(gx_ptr.dtype.element_ty), mask=m_mask[:, None] & ci_mask[None, :])
 
 
@@ -266,6 +284,7 @@ def _bwd_weight_kernel(
     ACC_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ACTIVATION: tl.constexpr = 0,  # 1: grad_output read through relu's mask (output > 0)
+    UP: tl.constexpr = 1,  # nearest upsampling folded into the loads (H, W: upsampled sizes)
 ):
     pid_co = tl.program_id(0)
     pid_1 = tl.program_id(1)  # (c_in tile, tap)
@@ -296,6 +315,9 @@ def _bwd_weight_kernel(
         a = _relu_masked(a, o_ptr, o_col[None, :] + co[:, None] * soc, a_mask, ACTIVATION, UPCAST)
         ih, vh = _source_index(oh * STRIDE_H + kh - PAD_H, H, MODE)
         iw, vw = _source_index(ow * STRIDE_W + kw - PAD_W, W, MODE)
+        if UP > 1:
+            ih = ih // UP
+            iw = iw // UP
         x_row = x_ptr + n * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
         b = tl.load(x_row[:, None] + ci[None, :] * sxc,
                     mask=(m_mask & vh & vw)[:, None] & ci_mask[None, :], other=0.0)
@@ -359,7 +381,8 @@ def supports(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _geometry(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
-              padding: Sequence[int], padding_mode: int, fn: str) -> tuple[int, int, int, int]:
+              padding: Sequence[int], padding_mode: int, fn: str,
+              upsample: int = 1) -> tuple[int, int, int, int]:
     """(stride_h, stride_w, pad_h, pad_w). The public arguments were checked, with user-facing
     messages, by padded_conv.check_args and the limits by :func:`supports`; this asserts only
     what the kernels rely on."""
@@ -370,7 +393,8 @@ def _geometry(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
     assert sh >= 1 and sw >= 1 and ph >= 0 and pw >= 0, f"{fn}: stride {list(stride)}, padding " \
         f"{list(padding)}"
     assert mode in tuple(PaddingMode), f"{fn}: padding_mode must be a code, got {padding_mode}"
-    h, w = input.shape[2], input.shape[3]
+    assert int(upsample) >= 1, f"{fn}: upsample must be >= 1, got {upsample}"
+    h, w = input.shape[2] * upsample, input.shape[3] * upsample
     assert mode != PaddingMode.REFLECT or (ph < h and pw < w), \
         f"{fn}: reflect padding {list(padding)} must be smaller than the input ({h}, {w})"
     assert h + 2 * ph >= weight.shape[2] and w + 2 * pw >= weight.shape[3], \
@@ -394,12 +418,15 @@ def _fwd_blocks(dtype: torch.dtype, c_in: int, c_out: int) -> tuple[int, int, in
 def _padded_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor,
                              bias: torch.Tensor | None, stride: Sequence[int],
                              padding: Sequence[int], padding_mode: int,
-                             activation: int = 0) -> torch.Tensor:
+                             activation: int = 0, upsample: int = 1) -> torch.Tensor:
     """input ``(N, C_in, H, W)``, weight ``(C_out, C_in, KH, KW)``, bias ``(C_out,)`` or None
-    -> ``(N, C_out, OH, OW)`` in ``input.suggest_memory_format()``, relu'd for activation 1."""
+    -> ``(N, C_out, OH, OW)`` in ``input.suggest_memory_format()``, relu'd for activation 1; the
+    input upsampled ``upsample`` times (nearest) in the loads."""
+    up = int(upsample)
     sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode,
-                               "padded_conv2d_fwd_triton")
+                               "padded_conv2d_fwd_triton", up)
     n, c_in, h, w = input.shape
+    h, w = h * up, w * up
     c_out, _, kh, kw = weight.shape
     oh, ow = _output_size(h, ph, kh, sh), _output_size(w, pw, kw, sw)
     out = torch.empty((n, c_out, oh, ow), dtype=input.dtype, device=input.device,
@@ -416,7 +443,7 @@ def _padded_conv2d_fwd(input: torch.Tensor, weight: torch.Tensor,
         KH=kh, KW=kw, MODE=int(padding_mode), HAS_BIAS=bias is not None,
         ACC_DTYPE=_acc_dtype(input.dtype), UPCAST=_upcast(input.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        ACTIVATION=_activation(activation, "padded_conv2d_fwd_triton"),
+        ACTIVATION=_activation(activation, "padded_conv2d_fwd_triton"), UP=up,
         num_warps=warps)
     return out
 
@@ -434,15 +461,18 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
                              weight: torch.Tensor, stride: Sequence[int],
                              padding: Sequence[int], padding_mode: int,
                              output_mask: Sequence[bool], output: torch.Tensor | None = None,
-                             activation: int = 0
+                             activation: int = 0, upsample: int = 1
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad_output ``(N, C_out, OH, OW)`` -> (grad_input ``(N, C_in, H, W)``, grad_weight
     ``(C_out, C_in, KH, KW)``, grad_bias ``(C_out,)``); unrequested ones are empty ``(0,)``.
     With activation 1 (relu) grad_output is read through the mask ``output > 0`` in the
-    kernels' loads (``output``: the forward's result)."""
+    kernels' loads (``output``: the forward's result). With ``upsample`` the input is read
+    upsampled (nearest) and grad_input is the small input's."""
     fn = "padded_conv2d_bwd_triton"
-    sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode, fn)
+    up = int(upsample)
+    sh, sw, ph, pw = _geometry(input, weight, stride, padding, padding_mode, fn, up)
     n, c_in, h, w = input.shape
+    h, w = h * up, w * up
     c_out, _, kh, kw = weight.shape
     oh, ow = _output_size(h, ph, kh, sh), _output_size(w, pw, kw, sw)
     assert tuple(grad_output.shape) == (n, c_out, oh, ow), \
@@ -468,13 +498,13 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
             bm, bn, bk, warps = _fwd_blocks(input.dtype, c_out, c_in)
             variants_h = 1 + 2 * ph if mode != PaddingMode.ZEROS else 1
             variants_w = 1 + 2 * pw if mode != PaddingMode.ZEROS else 1
-            grid = (triton.cdiv(n * h * w, bm), triton.cdiv(c_in, bn))
+            grid = (triton.cdiv(n * (h // up) * (w // up), bm), triton.cdiv(c_in, bn))
             torch.library.wrap_triton(_bwd_input_kernel)[grid](
                 grad_output, *grad_output.stride(), weight, *weight.stride(),
                 grad_input, *grad_input.stride(), out_t, *out_t.stride(),
                 n, c_in, h, w, c_out, oh, ow, sh, sw, ph, pw, variants_h, variants_w,
                 KH=kh, KW=kw, MODE=mode, ACC_DTYPE=acc, UPCAST=_upcast(input.dtype),
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=act,
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=act, UP=up,
                 num_warps=warps)
 
     if output_mask[1] or output_mask[2]:
@@ -495,7 +525,7 @@ def _padded_conv2d_bwd(grad_output: torch.Tensor, input: torch.Tensor,
             n, c_in, h, w, c_out, oh, ow, sh, sw, ph, pw, m_per_split,
             KH=kh, KW=kw, MODE=mode, BIAS_GRAD=bool(output_mask[2]), ACC_DTYPE=acc,
             UPCAST=_upcast(input.dtype),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=act, num_warps=4)
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ACTIVATION=act, UP=up, num_warps=4)
         if output_mask[1]:
             grad_weight = weight_part.sum(0).to(weight.dtype)
         if output_mask[2]:
@@ -549,10 +579,10 @@ def compile_report(capability: int = 90,
 
 # Schemas as declared for the compiled ops in csrc/ops.cpp.
 _FWD_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-               "int padding_mode, int activation=0) -> Tensor")
+               "int padding_mode, int activation=0, int upsample=1) -> Tensor")
 _BWD_SCHEMA = ("(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
-               "int padding_mode, bool[3] output_mask, Tensor? output=None, int activation=0) "
-               "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)")
+               "int padding_mode, bool[3] output_mask, Tensor? output=None, int activation=0, "
+               "int upsample=1) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)")
 
 
 padded_conv2d_fwd_triton = define_op("stylize_fast::padded_conv2d_fwd_triton",

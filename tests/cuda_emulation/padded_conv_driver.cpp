@@ -23,12 +23,13 @@ static void set_strides(int64_t (&dst)[4], const at::Tensor& t) {
 
 static conv::ConvShape shape_of(const at::Tensor& x, const at::Tensor& w,
                                 std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                int64_t mode) {
+                                int64_t mode, int64_t up) {
   conv::ConvShape s{};
   s.n = x.size(0);
   s.c_in = x.size(1);
-  s.h = x.size(2);
-  s.w = x.size(3);
+  s.h = x.size(2) * up;  // the upsampled sizes (ConvShape::up)
+  s.w = x.size(3) * up;
+  s.up = int(up);
   s.c_out = w.size(0);
   s.kh = int(w.size(2));
   s.kw = int(w.size(3));
@@ -44,11 +45,12 @@ static conv::ConvShape shape_of(const at::Tensor& x, const at::Tensor& w,
   return s;
 }
 
-// activation: 0 none, 1 relu (the kernels' epilogue).
+// activation: 0 none, 1 relu (the kernels' epilogue); up: nearest upsampling folded into the
+// loads (1 = none).
 at::Tensor fwd(at::Tensor x, at::Tensor w, std::optional<at::Tensor> bias,
                std::vector<int64_t> stride, std::vector<int64_t> padding, int64_t mode,
-               int64_t activation) {
-  conv::ConvShape s = shape_of(x, w, stride, padding, mode);
+               int64_t activation, int64_t up) {
+  conv::ConvShape s = shape_of(x, w, stride, padding, mode, up);
   s.activation = int(activation);
   auto y = at::empty({s.n, s.c_out, s.oh, s.ow}, x.options(), x.suggest_memory_format());
   set_strides(s.y_stride, y);
@@ -65,8 +67,8 @@ at::Tensor fwd(at::Tensor x, at::Tensor w, std::optional<at::Tensor> bias,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> bwd(
     at::Tensor gy, at::Tensor x, at::Tensor w, std::vector<int64_t> stride,
     std::vector<int64_t> padding, int64_t mode, bool with_bias, std::optional<at::Tensor> out,
-    int64_t activation) {
-  conv::ConvShape s = shape_of(x, w, stride, padding, mode);
+    int64_t activation, int64_t up) {
+  conv::ConvShape s = shape_of(x, w, stride, padding, mode, up);
   set_strides(s.y_stride, gy);
   if (activation != 0) {
     s.activation = int(activation);

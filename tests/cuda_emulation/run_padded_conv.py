@@ -3,7 +3,9 @@ reference (F.pad + F.conv2d): forward, input / weight / bias gradients; NCHW, ch
 strided inputs; strides 1 and 2; zeros / reflect / replicate padding; four dtypes; odd shapes,
 more than one 64-wide tile along C_out and C_in, the weight gradient split over several blocks;
 the relu epilogue (activation 1: relu in the forward's store, the backward's loads of grad_output
-through the mask output > 0, output in a layout other than grad_output's too)."""
+through the mask output > 0, output in a layout other than grad_output's too); nearest
+upsampling folded into the loads (up 2 and 3: the reference upsamples first; the input gradient
+is the stored input's)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Case(NamedTuple):
     mode: int
     bias: bool
     activation: int = 0
+    up: int = 1
 
 
 def cases() -> list[Case]:
@@ -67,6 +70,15 @@ def cases() -> list[Case]:
     for i, dtype in enumerate(HALF_DTYPES):
         out.append(Case(GEOMETRIES[0], LAYOUTS[i % 2], dtype, 1 + i % 2, list(MODES)[i % 3],
                         True, 1))
+    # folded upsampling: every padding mode x up 2 / 3 on the odd 3x3 geometry (both layouts),
+    # the two-tile and split geometries, stride 2, the relu epilogue, bfloat16 and float64.
+    for i, (mode, up) in enumerate(itertools.product(MODES, (2, 3))):
+        out.append(Case(GEOMETRIES[0], LAYOUTS[i % 2], torch.float32, 1, mode, i % 2 == 0, 0, up))
+    out += [Case(GEOMETRIES[3], "channels_last", torch.float32, 1, 1, True, 1, 2),
+            Case(GEOMETRIES[4], "contiguous", torch.float32, 1, 2, False, 0, 2),
+            Case(GEOMETRIES[5], "contiguous", torch.float32, 2, 1, True, 0, 2),
+            Case(GEOMETRIES[0], "channels_last", torch.bfloat16, 1, 1, True, 1, 2),
+            Case(GEOMETRIES[0], "contiguous", torch.float64, 1, 0, True, 0, 2)]
     return out
 
 
@@ -86,10 +98,12 @@ def check_case(emu, case: Case) -> int:
     w = (torch.randn(g.c_out, g.shape[1], *g.kernel, dtype=torch.float64) * scale).to(dtype)
     b = torch.randn(g.c_out, dtype=torch.float64).to(dtype) if case.bias else None
     with testing.poisoned_outputs():
-        y = emu.fwd(x, w, b, list(stride), list(padding), case.mode, case.activation)
+        y = emu.fwd(x, w, b, list(stride), list(padding), case.mode, case.activation, case.up)
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
     b64 = b.double().requires_grad_() if b is not None else None
-    y64 = ref.padded_conv2d_forward(x64, w64, b64, stride, padding, case.mode)
+    x64_read = x64 if case.up == 1 else torch.nn.functional.interpolate(
+        x64, scale_factor=float(case.up), mode="nearest")
+    y64 = ref.padded_conv2d_forward(x64_read, w64, b64, stride, padding, case.mode)
     testing.assert_all_written(y)
     if case.activation:
         clamped = (y64 < 0).double().mean().item()
@@ -107,7 +121,7 @@ def check_case(emu, case: Case) -> int:
                        else torch.channels_last)
     with testing.poisoned_outputs():
         gx, gw, gb, splits = emu.bwd(gy, x, w, list(stride), list(padding), case.mode, case.bias,
-                                     out if case.activation else None, case.activation)
+                                     out if case.activation else None, case.activation, case.up)
     wanted = [t for t in (x64, w64, b64) if t is not None]
     # relu's backward with the kernel's own output as the mask (what autograd hands it).
     gy64 = gy.double() * (y > 0) if case.activation else gy.double()
@@ -133,7 +147,7 @@ def run(emu) -> tuple[int, int]:
             failures += 1
             print(f"FAIL {case.geometry.name} {case.geometry.shape} {case.layout} {case.dtype} "
                   f"stride={case.stride} mode={MODES[case.mode]} bias={case.bias} "
-                  f"activation={case.activation}: "
+                  f"activation={case.activation} up={case.up}: "
                   f"{type(exc).__name__}: {exc}"[:1500], flush=True)
     print(f"weight-gradient split counts reached: {sorted(splits_seen)}")
     print(f"cuda emulation, padded conv: {len(all_cases)} cases, {failures} failed", flush=True)
