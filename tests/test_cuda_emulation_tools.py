@@ -56,7 +56,15 @@ def test_instance_norm_cases_cover_schedules_dtypes_and_options():
 
 def test_padded_conv_cases_cover_modes_strides_layouts_dtypes():
     cases = run_padded_conv.cases()
-    assert len(cases) == 138
+    assert len(cases) == 149
+    folded = [c for c in cases if c.up > 1]
+    # folded upsampling: every mode at x2 and x3, the two-tile / split geometries, stride 2,
+    # the relu epilogue, half precision and float64
+    assert {(c.mode, c.up) for c in folded} == {(m, u) for m in (0, 1, 2) for u in (2, 3)}
+    assert {c.geometry for c in folded} >= set(run_padded_conv.GEOMETRIES[3:])
+    assert {c.stride for c in folded} == {1, 2} and {c.activation for c in folded} == {0, 1}
+    assert {torch.bfloat16, torch.float64} <= {c.dtype for c in folded}
+    cases = [c for c in cases if c.up == 1]
     relu = [c for c in cases if c.activation == 1]
     # the relu epilogue: every geometry in both layouts and strides, every mode and dtype
     assert {(c.geometry, c.layout, c.stride) for c in relu if c.dtype == torch.float32} == {
