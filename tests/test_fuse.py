@@ -107,6 +107,12 @@ def test_transformer_net():
         assert type(m.reflection_pad) is nn.Identity
         assert type(m.conv2d) is sf.PaddedConv2d and m.conv2d.padding_mode == "reflect"
         assert m.conv2d.padding == (m.conv2d.kernel_size[0] // 2,) * 2
+    # The upsampling layers fold their interpolate into the convolution.
+    for name in ("deconv1", "deconv2"):
+        layer = getattr(fused, name)
+        assert layer.upsample is None and layer.conv2d.upsample == 2
+        assert getattr(model, name).upsample == 2
+    assert all(m.conv2d.upsample == 1 for m in convs if isinstance(m, ConvLayer))
     assert not any(type(m) is nn.InstanceNorm2d for m in fused.modules())
     # The original is untouched.
     assert type(model.conv1.reflection_pad) is nn.ReflectionPad2d
@@ -176,6 +182,32 @@ def test_conv_with_padding_mode(mode):
     assert fused[0].stride == (2, 2) and fused[0].padding == (1, 2)
     x = make_input((2, 3, 7, 8))
     assert_close(fused(x), model(x), **tolerance(torch.float32))
+
+
+def test_upsample_fold_requires_the_examples_forward():
+    """Only an upsampling the layer's own ``upsample`` attribute switches off is folded: one
+    that interpolates whatever the attribute, or bilinearly, keeps its interpolate."""
+    class Always(UpsampleConvLayer):
+        def forward(self, x):
+            x = nn.functional.interpolate(x, mode="nearest", scale_factor=2)
+            return self.conv2d(self.reflection_pad(x))
+
+    class Bilinear(UpsampleConvLayer):
+        def forward(self, x):
+            if self.upsample:
+                x = nn.functional.interpolate(x, mode="bilinear", scale_factor=self.upsample)
+            return self.conv2d(self.reflection_pad(x))
+
+    x = make_input((1, 4, 6, 5), mean=0.0, std=1.0)
+    for cls in (Always, Bilinear, UpsampleConvLayer):
+        torch.manual_seed(0)
+        model = nn.Sequential(cls(4, 3, 3, 1, upsample=2))
+        fused = sf.fuse(model)
+        folded = cls is UpsampleConvLayer
+        assert (fused[0].conv2d.upsample == 2) is folded and (fused[0].upsample is None) is folded
+        assert type(fused[0].reflection_pad) is nn.Identity  # the pad is fused either way
+        with torch.no_grad():
+            assert_close(fused(x), model(x), **tolerance(torch.float32, 4.0))
 
 
 def test_conv_layer_pattern_requires_the_exact_forward():

@@ -158,6 +158,53 @@ def _pad_feeds_conv_only(module: nn.Module) -> bool:
             and not conv.kwargs)
 
 
+def _is_nearest_interpolate(node: torch.fx.Node, source, scale: int) -> bool:
+    """``node`` is ``F.interpolate(source, scale_factor=scale, mode="nearest")`` with nothing
+    else set (the examples' call)."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.interpolate:
+        return False
+    args = dict(zip(("input", "size", "scale_factor", "mode", "align_corners",
+                     "recompute_scale_factor", "antialias"), node.args))
+    args.update(node.kwargs)
+    rest = {k: v for k, v in args.items() if k not in ("input", "scale_factor", "mode")}
+    return (args.get("input") is source and args.get("mode") == "nearest"
+            and args.get("scale_factor") in (scale, float(scale))
+            and all(v in (None, False) for v in rest.values()))
+
+
+def _foldable_upsample(module: nn.Module) -> int | None:
+    """The factor ``s`` when ``module.forward`` is ``conv2d(reflection_pad(F.interpolate(x,
+    mode="nearest", scale_factor=s)))`` with ``s = module.upsample`` an int >= 2, and setting
+    ``module.upsample = None`` leaves ``conv2d(reflection_pad(x))`` (the PyTorch examples'
+    UpsampleConvLayer); else None. Both forms are checked on the torch.fx graph."""
+    scale = getattr(module, "upsample", None)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
+        return None
+
+    def pad_input(expect_interpolate: bool):
+        graph = torch.fx.symbolic_trace(module).graph
+        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        pads = [n for n in graph.nodes if n.op == "call_module" and n.target == "reflection_pad"]
+        if len(inputs) != 1 or len(pads) != 1 or len(pads[0].args) != 1:
+            return False
+        src = pads[0].args[0]
+        if not expect_interpolate:
+            return src is inputs[0]
+        return (isinstance(src, torch.fx.Node) and list(src.users) == [pads[0]]
+                and _is_nearest_interpolate(src, inputs[0], scale))
+
+    try:
+        if not pad_input(True):
+            return None
+        module.upsample = None
+        try:
+            return scale if pad_input(False) else None
+        finally:
+            module.upsample = scale
+    except Exception:
+        return None
+
+
 @register_pass
 def fuse_padded_conv(model: nn.Module) -> None:
     """Rewrite padding + convolution into PaddedConv2d, in place, outputs unchanged:
@@ -167,7 +214,10 @@ def fuse_padded_conv(model: nn.Module) -> None:
       and state_dict keys stay);
     * a module with children ``reflection_pad`` (such a pad) and ``conv2d`` whose forward is
       ``conv2d(reflection_pad(x))`` (the PyTorch examples' ConvLayer) -> the same rewrite of
-      those two attributes;
+      those two attributes; when it is ``conv2d(reflection_pad(F.interpolate(x,
+      mode="nearest", scale_factor=self.upsample)))`` (the examples' UpsampleConvLayer), the
+      upsampling is folded too: ``conv2d`` becomes ``PaddedConv2d(upsample=s)`` and the layer's
+      ``upsample`` attribute None, so that its forward no longer interpolates;
     * any remaining nn.Conv2d with padding_mode zeros / reflect / replicate, groups = 1,
       dilation = 1 and int padding -> PaddedConv2d.
     """
@@ -184,8 +234,12 @@ def fuse_padded_conv(model: nn.Module) -> None:
             pad, conv = parent._modules["reflection_pad"], parent._modules["conv2d"]
             spec = _fusable_pair(pad, conv)
             if spec is not None and _pad_feeds_conv_only(parent):
+                scale = _foldable_upsample(parent)
                 parent._modules["reflection_pad"] = nn.Identity()
                 parent._modules["conv2d"] = PaddedConv2d.from_conv(conv, spec[0], spec[1])
+                if scale is not None:
+                    parent._modules["conv2d"].upsample = scale
+                    parent.upsample = None
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
             if _convertible(child):
