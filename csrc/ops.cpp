@@ -2,6 +2,7 @@
 // its own translation unit with TORCH_LIBRARY_IMPL(stylize_fast, CPU|CUDA, m):
 //   csrc/cpu/instance_norm_cpu.cpp     csrc/cuda/instance_norm_cuda.cpp (+ .cu)
 //   csrc/cpu/padded_conv_cpu.cpp       csrc/cuda/padded_conv_cuda.cpp   (+ .cu)
+//   csrc/cpu/gram_cpu.cpp              (CPU only)
 // csrc/autograd.cpp registers autograd (Autograd key); Python (stylize_fast/ops/*.py) adds
 // register_fake.
 //
@@ -49,6 +50,11 @@ TORCH_LIBRARY(stylize_fast, m) {
       "int[2] padding, int padding_mode, bool[3] output_mask, Tensor? output=None, "
       "int activation=0, int upsample=1) -> (Tensor grad_input, Tensor grad_weight, "
       "Tensor grad_bias)");
+  // The Gram matrix of channels-last bfloat16 features in float32 (the style loss under bfloat16
+  // autocast; CPU): gram_bf16(F) = F F^T (N, C, C); gram_bf16_backward(M, F) = M^T F in F's
+  // dtype and layout (csrc/cpu/gram_cpu.cpp, stylize_fast/ops/gram.py).
+  m.def("gram_bf16(Tensor features) -> Tensor");
+  m.def("gram_bf16_backward(Tensor m, Tensor features) -> Tensor");
   // True when this library was compiled with the CUDA kernels (csrc/cuda).
   m.def("compiled_with_cuda() -> bool", []() -> bool {
 #ifdef STYLIZE_FAST_WITH_CUDA

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..ops import gram as _gram_op
 from .vgg import VGGFeatures, build_vgg
 
 
@@ -114,10 +115,15 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
     Contiguous and channels_last features both reshape to ``(N, C, H*W)`` as a view (channels_last
     gives the transposed matrix, which the GEMM reads as such): no copy beyond the float32 cast of
-    half-precision features."""
+    half-precision features. Channels-last bfloat16 features on CPU (the loss network under
+    bfloat16 autocast) skip that cast too: the compiled kernel (``stylize_fast.ops.gram``) sums
+    their exact products in float32, forward and backward."""
     if features.dim() != 4:
         raise ValueError(f"gram_matrix: features must be (N, C, H, W), got {tuple(features.shape)}")
     n, c, h, w = features.shape
+    if _gram_op.supported(features):
+        with torch.autocast(features.device.type, enabled=False):
+            return _gram_op.gram(features, 1.0 / (c * h * w))
     f = features.to(_acc_dtype(features)).reshape(n, c, h * w)
     with torch.autocast(f.device.type, enabled=False):  # autocast would run bmm in bfloat16
         return _Gram.apply(f, 1.0 / (c * h * w))
