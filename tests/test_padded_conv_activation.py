@@ -31,6 +31,9 @@ from stylize_fast.testing import (
 )
 
 from .conftest import backend_devices, interpreted
+from .conv_helpers import centred_input as _input
+from .conv_helpers import conv_params as _params
+from .conv_helpers import leaves64 as _leaves64
 
 BACKENDS = backend_devices("padded_conv2d")
 KERNELS = [p for p in BACKENDS if p.values[0] != "reference"] or BACKENDS
@@ -50,23 +53,6 @@ ALGO_CASES = [
     ("library", (5, 7, 3, 1)),
     ("library", (5, 7, 3, 2)),
 ]
-
-
-def _params(c, o, k, dtype=torch.float64, device="cpu", bias=True, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(o, c, k, k, generator=g, dtype=torch.float64) * (c * k * k) ** -0.5
-    b = torch.randn(o, generator=g, dtype=torch.float64) * 0.3 if bias else None
-    return w.to(device, dtype), (b.to(device, dtype) if bias else None)
-
-
-def _input(shape, dtype=torch.float32, layout="contiguous", device="cpu", seed=3):
-    # Mean zero: pre-activations of both signs, about half of them negative.
-    return make_input(shape, dtype, layout, device=device, mean=0.0, std=1.0,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def _leaves64(*tensors):
-    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
 
 
 def _reference(x, w, b, stride, padding, mode, activation="relu"):

@@ -23,12 +23,14 @@ from stylize_fast.testing import (
     assert_all_written,
     assert_close,
     assert_half_close,
-    make_input,
     poisoned_outputs,
     tolerance,
 )
 
 from .conftest import backend_devices, interpreted
+from .conv_helpers import centred_input as _input
+from .conv_helpers import conv_params
+from .conv_helpers import leaves64 as _leaves64
 
 BACKENDS = backend_devices("padded_conv2d")
 KERNELS = [p for p in BACKENDS if p.values[0] != "reference"] or BACKENDS
@@ -39,19 +41,7 @@ needs_cpu_kernel = pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel"
 
 
 def _params(c, o, k, dtype=torch.float32, device="cpu", bias=True, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(o, c, k, k, generator=g, dtype=torch.float64) * (c * k * k) ** -0.5
-    b = torch.randn(o, generator=g, dtype=torch.float64) * 0.3 if bias else None
-    return w.to(device, dtype), (b.to(device, dtype) if bias else None)
-
-
-def _input(shape, dtype=torch.float32, layout="contiguous", device="cpu", seed=3):
-    return make_input(shape, dtype, layout, device=device, mean=0.0, std=1.0,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def _leaves64(*tensors):
-    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+    return conv_params(c, o, k, dtype, device, bias, seed)
 
 
 def _reference(x, w, b, padding, mode, up, activation=None, stride=1):
@@ -84,6 +74,14 @@ def _forward_backward(backend, x, w, b, padding, mode, up, activation=None, stri
     return y, got, y64, want
 
 
+def _assert_matches(y, got, y64, want):
+    """float32 output and gradients against the float64 reference."""
+    assert_close(y, y64, name="output", **tolerance(torch.float32, 4.0))
+    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
+        assert a.shape == e.shape, name
+        assert_close(a, e, name=name, **tolerance(torch.float32, 10.0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Every backend
 
@@ -102,10 +100,7 @@ def test_forward_backward_every_backend(backend, device, mode, up, layout, activ
     assert y.shape == (shape[0], o, shape[2] * up, shape[3] * up)
     assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
                            else torch.contiguous_format)
-    assert_close(y, y64, name="output", **tolerance(torch.float32, 4.0))
-    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
-        assert a.shape == e.shape, name
-        assert_close(a, e, name=name, **tolerance(torch.float32, 10.0))
+    _assert_matches(y, got, y64, want)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -193,9 +188,7 @@ def test_winograd_folds_the_upsampling(monkeypatch, layout, mode):
     assert saved and all(tuple(s) != big for s in saved), saved
     y, got, y64, want = _forward_backward("cpu", x.detach(), w.detach(), b.detach(), 1, mode, 2,
                                           "relu")
-    assert_close(y, y64, name="output", **tolerance(torch.float32, 4.0))
-    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
-        assert_close(a, e, name=name, **tolerance(torch.float32, 10.0))
+    _assert_matches(y, got, y64, want)
 
 
 @needs_cpu_kernel
@@ -211,9 +204,7 @@ def test_winograd_factors_and_odd_sizes(monkeypatch, up, shape, mode):
     x = _input(shape, layout="channels_last")
     w, b = _params(16, 17, 3)
     y, got, y64, want = _forward_backward("cpu", x, w, b, 1, mode, up)
-    assert_close(y, y64, name="output", **tolerance(torch.float32, 4.0))
-    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
-        assert_close(a, e, name=name, **tolerance(torch.float32, 10.0))
+    _assert_matches(y, got, y64, want)
 
 
 @needs_cpu_kernel
@@ -247,9 +238,7 @@ def test_every_cpu_algorithm(monkeypatch, algorithm, mode):
     w, b = _params(c, o, 3)
     assert cpu_algorithm(x, w, (1, 1), (1, 1), padding_mode_code(mode), upsample=2) == algorithm
     y, got, y64, want = _forward_backward("cpu", x, w, b, 1, mode, 2)
-    assert_close(y, y64, name="output", **tolerance(torch.float32, 4.0))
-    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
-        assert_close(a, e, name=name, **tolerance(torch.float32, 10.0))
+    _assert_matches(y, got, y64, want)
 
 
 @needs_cpu_kernel
@@ -265,9 +254,7 @@ def test_every_isa_level(monkeypatch, level):
     x = _input((1, 32, 6, 5), layout="channels_last")
     w, b = _params(32, 24, 3)
     y, got, y64, want = _forward_backward("cpu", x, w, b, 1, "reflect", 2, "relu")
-    assert_close(y, y64, name="output", **tolerance(torch.float32, 4.0))
-    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
-        assert_close(a, e, name=name, **tolerance(torch.float32, 10.0))
+    _assert_matches(y, got, y64, want)
 
 
 @needs_cpu_kernel
@@ -359,3 +346,16 @@ def test_fused_upsample_layer_matches_plain(layout):
     assert_close(xb.grad, xa.grad, name="grad_input", **tolerance(torch.float32, 10.0))
     assert_close(fused.conv2d.weight.grad, plain.conv2d.weight.grad, name="grad_weight",
                  **tolerance(torch.float32, 10.0))
+
+
+@needs_cpu_kernel
+def test_bfloat16_folded_layers_pay_from_32_channels():
+    """bfloat16 Winograd pays from 64 channels on both sides, and from 32 when it also saves the
+    upsampled copies (JohnsonNet's 64 -> 32 upsampling layer): forward, input and weight
+    gradient, as the automatic choice asks them."""
+    x = _input((4, 64, 16, 16), torch.bfloat16, "channels_last")
+    w, _ = _params(64, 32, 3, torch.bfloat16)
+    args = (x, w, (1, 1), (1, 1), 1)
+    for kind in ({}, {"input_grad": True}, {"weight_grad": True}):
+        assert cpu_algorithm(*args, upsample=2, **kind) == "winograd", kind
+        assert cpu_algorithm(*args, **kind) == "library", kind

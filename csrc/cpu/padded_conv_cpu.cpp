@@ -115,7 +115,8 @@ Algorithm algorithm_for(const Geometry& g, at::ScalarType dtype) {
   const std::string forced = forced_algorithm();
   if (forced.empty()) {
     if (direct_applies(g, dtype)) return Algorithm::kDirect;
-    if (winograd_applies(g, dtype) && winograd_pays(g, dtype)) return Algorithm::kWinograd;
+    if (winograd_applies(g, dtype) && winograd_pays(g, dtype, g.up > 1))
+      return Algorithm::kWinograd;
     return Algorithm::kLibrary;
   }
   if (forced == "direct") {
@@ -153,7 +154,8 @@ Algorithm input_grad_algorithm_for(const Geometry& g, at::ScalarType dtype) {
   if (forced == "winograd") return winograd ? Algorithm::kWinograd : Algorithm::kLibrary;
   if (forced == "library") return Algorithm::kLibrary;
   if (direct) return Algorithm::kDirect;
-  return winograd && winograd_pays(d, dtype) ? Algorithm::kWinograd : Algorithm::kLibrary;
+  return winograd && winograd_pays(d, dtype, g.up > 1) ? Algorithm::kWinograd
+                                                       : Algorithm::kLibrary;
 }
 
 // Algorithm for the backward's weight gradient: the direct kernel (few output channels) or
@@ -331,16 +333,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> padded_conv2d_bwd_cpu(
 std::string padded_conv2d_cpu_algorithm(at::IntArrayRef input_size, at::IntArrayRef weight_size,
                                         at::ScalarType dtype, bool channels_last,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
-                                        int64_t mode, bool input_grad, bool weight_grad) {
+                                        int64_t mode, bool input_grad, bool weight_grad,
+                                        int64_t upsample) {
   TORCH_CHECK(input_size.size() == 4 && weight_size.size() == 4 && stride.size() == 2 &&
                   padding.size() == 2,
               "padded_conv2d_cpu_algorithm: expected 4 input sizes, 4 weight sizes, 2 strides "
               "and 2 paddings");
-  Geometry g{input_size[0], input_size[1], input_size[2], input_size[3],
+  check_upsample("padded_conv2d_cpu_algorithm", upsample);
+  // With upsampling: the upsampled (virtual) input's geometry, as the op sees it.
+  const int64_t h = input_size[2] * upsample, w = input_size[3] * upsample;
+  Geometry g{input_size[0], input_size[1], h, w,
              weight_size[0], weight_size[2], weight_size[3],
              stride[0], stride[1], padding[0], padding[1],
-             (input_size[2] + 2 * padding[0] - weight_size[2]) / stride[0] + 1,
-             (input_size[3] + 2 * padding[1] - weight_size[3]) / stride[1] + 1, channels_last};
+             (h + 2 * padding[0] - weight_size[2]) / stride[0] + 1,
+             (w + 2 * padding[1] - weight_size[3]) / stride[1] + 1, channels_last, upsample};
   (void)mode;  // every algorithm handles every mode
   TORCH_CHECK(!(input_grad && weight_grad),
               "padded_conv2d_cpu_algorithm: ask for input_grad or weight_grad, not both");
@@ -359,7 +365,7 @@ TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
 TORCH_LIBRARY_FRAGMENT(stylize_fast, m) {
   m.def("padded_conv2d_cpu_algorithm(int[] input_size, int[] weight_size, ScalarType dtype, "
         "bool channels_last, int[2] stride, int[2] padding, int padding_mode, "
-        "bool input_grad=False, bool weight_grad=False) -> str",
+        "bool input_grad=False, bool weight_grad=False, int upsample=1) -> str",
         &padded_conv2d_cpu_algorithm);
 }
 

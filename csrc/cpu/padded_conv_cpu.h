@@ -101,7 +101,9 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
 // whether it can run (3x3, stride 1, float32 / bfloat16), winograd_pays whether it beats the
 // library.
 bool winograd_applies(const Geometry& g, at::ScalarType dtype);
-bool winograd_pays(const Geometry& g, at::ScalarType dtype);
+// folded_upsample: the layer's input is upsampled in the read (the forward's g.up > 1, or the
+// input gradient of such a layer, whose own geometry has up = 1).
+bool winograd_pays(const Geometry& g, at::ScalarType dtype, bool folded_upsample = false);
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, at::Tensor& out,
                   int64_t activation = kNoActivation);

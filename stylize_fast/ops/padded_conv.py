@@ -289,10 +289,10 @@ def fake_backward(grad_output, input, weight, stride, padding, padding_mode, out
 @functools.lru_cache(maxsize=4096)
 def _cpu_algorithm_cached(*key) -> str:
     (input_size, weight_size, dtype, channels_last, stride, padding, mode, input_grad,
-     weight_grad, _forced) = key
+     weight_grad, upsample, _forced) = key
     return torch.ops.stylize_fast.padded_conv2d_cpu_algorithm(
         list(input_size), list(weight_size), dtype, channels_last, list(stride), list(padding),
-        mode, input_grad, weight_grad)
+        mode, input_grad, weight_grad, upsample)
 
 
 # Asked with plain sizes, and treated as a constant by torch.compile: the answer depends only on
@@ -317,12 +317,10 @@ def cpu_algorithm(input: torch.Tensor, weight: torch.Tensor, stride: tuple[int, 
     is Winograd's and its input gradient, if asked for, is not the library's)."""
     if input_grad and weight_grad:
         raise ValueError("cpu_algorithm: ask for input_grad or weight_grad, not both")
-    size = tuple(int(s) for s in input.shape)
-    size = size[:2] + (size[2] * upsample, size[3] * upsample)
-    return _cpu_algorithm(size, tuple(int(s) for s in weight.shape),
+    return _cpu_algorithm(tuple(int(s) for s in input.shape), tuple(int(s) for s in weight.shape),
                           input.dtype, output_memory_format(input) == torch.channels_last,
                           tuple(stride), tuple(padding), int(padding_mode), bool(input_grad),
-                          bool(weight_grad), config.get("conv_algo"))
+                          bool(weight_grad), int(upsample), config.get("conv_algo"))
 
 
 def _cpu_kernel_pays(input, weight, bias, stride, padding, padding_mode, upsample=1) -> bool:
