@@ -2,7 +2,7 @@
 // its own translation unit with TORCH_LIBRARY_IMPL(stylize_fast, CPU|CUDA, m):
 //   csrc/cpu/instance_norm_cpu.cpp     csrc/cuda/instance_norm_cuda.cpp (+ .cu)
 //   csrc/cpu/padded_conv_cpu.cpp       csrc/cuda/padded_conv_cuda.cpp   (+ .cu)
-//   csrc/cpu/gram_cpu.cpp              (CPU only)
+//   csrc/cpu/gram_cpu.cpp, csrc/cpu/mse_cpu.cpp   (CPU only)
 // csrc/autograd.cpp registers autograd (Autograd key); Python (stylize_fast/ops/*.py) adds
 // register_fake.
 //
@@ -55,6 +55,11 @@ TORCH_LIBRARY(stylize_fast, m) {
   // dtype and layout (csrc/cpu/gram_cpu.cpp, stylize_fast/ops/gram.py).
   m.def("gram_bf16(Tensor features) -> Tensor");
   m.def("gram_bf16_backward(Tensor m, Tensor features) -> Tensor");
+  // Mean squared error of two bfloat16 tensors as a float32 scalar (the content loss under
+  // bfloat16 autocast; CPU): mse_bf16_backward(grad, a, b) = grad * 2 (a - b) / numel in a's
+  // dtype and layout (csrc/cpu/mse_cpu.cpp, stylize_fast/ops/mse.py).
+  m.def("mse_bf16(Tensor a, Tensor b) -> Tensor");
+  m.def("mse_bf16_backward(Tensor grad, Tensor a, Tensor b) -> Tensor");
   // True when this library was compiled with the CUDA kernels (csrc/cuda).
   m.def("compiled_with_cuda() -> bool", []() -> bool {
 #ifdef STYLIZE_FAST_WITH_CUDA

@@ -4,7 +4,7 @@ Triton kernels). Importing this package registers every available backend."""
 
 import importlib.util
 
-from . import gram, instance_norm, padded_conv  # noqa: F401  (each registers its backends)
+from . import gram, instance_norm, mse, padded_conv  # noqa: F401  (each registers its backends)
 
 # Triton is an optional dependency: its modules load only when it is installed, and an error
 # inside them then raises like any other.

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..ops import gram as _gram_op
+from ..ops import mse as _mse_op
 from .vgg import VGGFeatures, build_vgg
 
 
@@ -130,7 +131,11 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between feature maps (same shape), as a float32 (float64) scalar."""
+    """Mean squared error between feature maps (same shape), as a float32 (float64) scalar.
+    bfloat16 feature maps of one layout on CPU (the loss network under bfloat16 autocast) are
+    read as they are by the compiled kernel (``stylize_fast.ops.mse``), without float32 copies."""
+    if _mse_op.supported(features, target):
+        return _mse_op.mse(features, target)
     dtype = _acc_dtype(features)
     return nn.functional.mse_loss(features.to(dtype), target.to(dtype))
 
