@@ -7,10 +7,10 @@ and real-time inference.
 
 from . import backends, config, functional, ops  # noqa: F401  (ops registers every backend)
 from ._version import __version__
-from .nn import FusedInstanceNorm2d, PaddedConv2d, fuse
+from .nn import ConditionalInstanceNorm2d, FusedInstanceNorm2d, PaddedConv2d, fuse
 
 __all__ = ["__version__", "backends", "config", "functional", "models", "inference", "training", "Stylizer",
-           "FusedInstanceNorm2d", "PaddedConv2d", "fuse"]
+           "ConditionalInstanceNorm2d", "FusedInstanceNorm2d", "PaddedConv2d", "fuse"]
 
 
 def __getattr__(name: str):

@@ -1,5 +1,10 @@
 """Export a generator to ONNX (standard ops only, dynamic batch / height / width) or TorchScript.
 
+A multi-style model (``styles > 1``) takes a second input, ``"style"``: float ``(N, styles)``
+mixing weights over its styles (one-hot for style k; rows are normalised to sum to 1). An AdaIN
+model takes the style image as ``"style"``: ``(1 or N, 3, H', W')`` RGB 0-255, any size; its
+``alpha`` is 1 (full style) in the exported graph.
+
 The fused layers are custom ops that ONNX runtimes and TorchScript consumers lack, so the model
 is first rebuilt with plain PyTorch layers and the same weights (``models.to_plain``), whose
 outputs match.
@@ -31,19 +36,51 @@ def _example_input(model: nn.Module, size: int) -> torch.Tensor:
     return torch.rand(1, channels, size, size, generator=generator) * 255
 
 
+def _styles(model: nn.Module) -> int:
+    return int(getattr(model, "styles", 1))
+
+
+def _example_style(model: nn.Module) -> torch.Tensor:
+    """Mixing weights for the multi-style example: a blend (every style's rows in the graph)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, _styles(model), generator=generator) + 0.1
+
+
+def _is_adain(model: nn.Module) -> bool:
+    return hasattr(model, "stylize_with_stats")
+
+
+def _inputs(model: nn.Module, size: int) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    """Example inputs and their names: the image, and the style weights of multi-style models
+    or the style image of AdaIN models."""
+    example = _example_input(model, size)
+    if _is_adain(model):
+        generator = torch.Generator().manual_seed(1)
+        return (example, torch.rand(1, 3, size, size, generator=generator) * 255), \
+            ["input", "style"]
+    if _styles(model) > 1:
+        return (example, _example_style(model)), ["input", "style"]
+    return (example,), ["input"]
+
+
 def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
                 opset: int = DEFAULT_OPSET, example_size: int = 64) -> str:
     """Write ``model`` as ONNX to ``path``: input ``"input"`` ``(N, C, H, W)`` float32 RGB
-    0-255, output ``"output"``, with N, H and W dynamic. Returns the path."""
+    0-255, output ``"output"``, with N, H and W dynamic; multi-style models also take
+    ``"style"`` ``(N, styles)`` float32 mixing weights. Returns the path."""
     plain = _plain_model(model)
     path = os.fspath(path)
-    example = _example_input(plain, example_size)
+    inputs, names = _inputs(plain, example_size)
     dynamic = {0: "batch", 2: "height", 3: "width"}
+    axes = {"input": dynamic, "output": dynamic}
+    if "style" in names:
+        axes["style"] = ({0: "style_batch", 2: "style_height", 3: "style_width"}
+                         if _is_adain(plain) else {0: "batch"})
     with torch.no_grad():
         # The TorchScript-based exporter needs no onnxscript and gives standard ops.
-        torch.onnx.export(plain, (example,), path, input_names=["input"],
+        torch.onnx.export(plain, inputs, path, input_names=names,
                           output_names=["output"], opset_version=opset,
-                          dynamic_axes={"input": dynamic, "output": dynamic}, dynamo=False)
+                          dynamic_axes=axes, dynamo=False)
     return path
 
 
@@ -53,9 +90,9 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
     Returns the path."""
     plain = _plain_model(model)
     path = os.fspath(path)
-    example = _example_input(plain, example_size)
+    inputs, _ = _inputs(plain, example_size)
     with torch.no_grad():
-        traced = torch.jit.trace(plain, example, check_trace=False)
+        traced = torch.jit.trace(plain, inputs, check_trace=False)
     traced.save(path)
     return path
 
@@ -73,11 +110,25 @@ def verify_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike,
     session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     worst = 0.0
-    for h, w in sizes:
-        x = torch.rand(1, 3, h, w, generator=generator) * 255
+    styles = _styles(plain)
+    for i, (h, w) in enumerate(sizes):
+        batch = 2 if styles > 1 else 1
+        x = torch.rand(batch, 3, h, w, generator=generator) * 255
+        feed = {"input": x.numpy()}
+        args: tuple[torch.Tensor, ...] = (x,)
+        if _is_adain(plain):
+            style = torch.rand(1, 3, w, h, generator=generator) * 255
+            feed["style"] = style.numpy()
+            args = (x, style)
+        elif styles > 1:  # a one-hot row (style i) and a blend, in one batch
+            style = torch.rand(batch, styles, generator=generator)
+            style[0] = 0
+            style[0, i % styles] = 1
+            feed["style"] = style.numpy()
+            args = (x, style)
         with torch.no_grad():
-            expected = plain(x).numpy()
-        (actual,) = session.run(["output"], {"input": x.numpy()})
+            expected = plain(*args).numpy()
+        (actual,) = session.run(["output"], feed)
         if actual.shape != expected.shape:
             raise AssertionError(f"onnxruntime output shape {actual.shape} != PyTorch "
                                  f"{expected.shape} for input {h}x{w}")

@@ -146,6 +146,17 @@ def interpreted(backend: str, device: str) -> bool:
     return backend == "triton" and device == "cpu"
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny shapes on a shared 2-core machine, where a second
+    thread mostly waits on a barrier for a core someone else holds. Training and model tests
+    use it (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

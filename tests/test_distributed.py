@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,11 +15,7 @@ import torch.multiprocessing as mp
 from stylize_fast.training.data import synthetic_images, synthetic_style
 from stylize_fast.training.trainer import TrainConfig, train
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .train_helpers import free_port
 
 
 def _config(root, output, **kw) -> TrainConfig:
@@ -53,7 +48,7 @@ def root(tmp_path_factory):
 
 def test_two_cpu_ranks_stay_identical_and_match_single_process(root):
     out = root / "ddp_run"
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(root), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, free_port(), str(root), str(out)), nprocs=2, join=True)
     r0 = torch.load(root / "rank0.pt", weights_only=True)
     r1 = torch.load(root / "rank1.pt", weights_only=True)
     for k in r0:
@@ -79,7 +74,7 @@ def test_two_cpu_ranks_stay_identical_and_match_single_process(root):
 def test_torchrun_runs_the_train_command(root, tmp_path):
     out = tmp_path / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "stylize_fast",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "stylize_fast",
            "train", "--style", str(root / "style.png"), "--data", str(root / "data"),
            "--output", str(out), "--iterations", "2", "--batch-size", "1", "--image-size", "32",
            "--vgg-weights", "random", "--workers", "0", "--norm", "batch",

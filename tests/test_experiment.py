@@ -18,13 +18,7 @@ from stylize_fast.training.experiment import (
     run_experiment,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # IN makes both generators invariant to x -> a x + b up to eps. JohnsonNet's planes are large;

@@ -184,8 +184,8 @@ def test_default_texture_fused_computes_channels_last(layout, noise_channels):
     seen = {}
     hook = fused.merges[-1].register_forward_pre_hook(lambda m, a: seen.update(last=a[0]))
     with torch.no_grad():
-        expected = plain(x.contiguous(), noise)
-        actual = fused(x, noise)
+        expected = plain(x.contiguous(), noise=noise)
+        actual = fused(x, noise=noise)
     hook.remove()
     assert seen["last"].is_contiguous(memory_format=torch.channels_last)
     _check_layout_and_nchw_choice(plain, x, actual, expected, layout, 5e-4, 1e-3, noise)
@@ -277,7 +277,7 @@ def test_texture_noise_channels():
         assert not torch.equal(a, b)
         sizes = [16 // 2 ** (2 - k) for k in range(3)]
         noise = [torch.rand(1, 2, s, s) for s in sizes]
-        assert torch.equal(model(x, noise), model(x, noise))
+        assert torch.equal(model(x, noise=noise), model(x, noise))
 
 
 def test_texture_tiny_input():

@@ -22,7 +22,8 @@ from stylize_fast.training.data import (
     synthetic_images,
     synthetic_style,
 )
-from stylize_fast.training.trainer import DataWait, TrainConfig, load_checkpoint, train
+from stylize_fast.training.loop import DataWait
+from stylize_fast.training.trainer import TrainConfig, load_checkpoint, train
 
 from .train_helpers import assert_same_state, tiny_config
 
@@ -30,12 +31,7 @@ needs_extension = pytest.mark.skipif(not sf.backends.available()["cpu"],
                                      reason="C++ extension not built")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

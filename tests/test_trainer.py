@@ -25,14 +25,7 @@ from stylize_fast.training.trainer import atomic_save, load_checkpoint, train
 
 from .train_helpers import assert_same_state, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes: extra threads only add synchronisation cost on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected comma-separated numbers, got nothing")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="M",
                         help="model file: a stylize_fast checkpoint or a PyTorch examples "
@@ -58,6 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "models) or plain PyTorch layers")
     parser.add_argument("--format", dest="output_ext", default=None, metavar="EXT",
                         help="image format of outputs in a folder, e.g. png (default: as input)")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--style-index", type=_non_negative, default=None, metavar="K",
+                        help="multi-style models: the style to apply (0-based; "
+                             "`stylize-fast info --model M` lists them)")
+    choice.add_argument("--style-weights", type=_weights, default=None, metavar="W1,W2,...",
+                        help="multi-style models: blend the styles with these weights, one per "
+                             "style (normalised to sum to 1); AdaIN models: one per --style "
+                             "image")
+    parser.add_argument("--style", nargs="+", default=None, metavar="IMAGE",
+                        help="AdaIN models: the style image(s); several are blended by "
+                             "--style-weights (default: equally)")
+    parser.add_argument("--alpha", type=_strength, default=1.0,
+                        help="AdaIN models: content/style trade-off in feature space, 0 .. 1 "
+                             "(default: 1, full style)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="leave glibc malloc at its defaults (slower CPU inference)")
@@ -77,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
                         tile=args.tile, tile_overlap=args.tile_overlap,
                         preserve_color=args.preserve_color, strength=args.strength,
                         progress=not args.no_progress, tune_allocator=not args.no_malloc_tuning,
-                        norm=args.norm)
+                        norm=args.norm,
+                        style=args.style_index if args.style_index is not None
+                        else (args.style_weights if not args.style else None),
+                        style_images=args.style,
+                        style_weights=args.style_weights if args.style else None,
+                        alpha=args.alpha)
     with warnings.catch_warnings():
         # Skipped files are reported once below, not as Python warnings.
         warnings.filterwarnings("ignore", message="skipped ", category=RuntimeWarning)

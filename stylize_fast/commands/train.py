@@ -1,4 +1,7 @@
-"""stylize-fast train: train a generator on a folder of content images for one style image.
+"""stylize-fast train: train a generator on a folder of content images for one style image,
+one multi-style generator for several (``--style a.jpg b.jpg ...``), a new style on top of a
+trained model (``--add-style IMAGE --model M``), or an AdaIN decoder for arbitrary styles
+(``--arch adain --style-data DIR``).
 
 Also runs under ``torchrun --nproc_per_node=K`` (DistributedDataParallel, gloo on CPU, nccl on
 GPU); only rank 0 writes checkpoints, samples and the final model.
@@ -26,13 +29,24 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--style", required=True, metavar="IMAGE", help="style image")
+    parser.add_argument("--style", nargs="+", default=None, metavar="IMAGE",
+                        help="style image; several train one multi-style model (conditional "
+                             "instance norm, a style drawn per sample)")
+    parser.add_argument("--add-style", default=None, metavar="IMAGE",
+                        help="add this style to the trained model --model, training only its "
+                             "new instance-norm rows (the other styles stay bit-identical)")
+    parser.add_argument("--model", default=None, metavar="M",
+                        help="with --add-style: the trained model file to extend")
+    parser.add_argument("--style-data", default=None, metavar="DIR",
+                        help="with --arch adain: folder of style images")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of content images (searched recursively; unreadable files "
                              "are skipped and counted)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for checkpoint.pth, samples/, train_log.jsonl and model.pth")
-    parser.add_argument("--arch", choices=("johnson", "texture"), default="johnson")
+    parser.add_argument("--arch", choices=("johnson", "texture", "adain"), default="johnson",
+                        help="johnson / texture: a feed-forward generator for the --style "
+                             "image(s); adain: a decoder for any style (--style-data)")
     parser.add_argument("--norm", choices=("batch", "instance", "fused"), default="fused")
     parser.add_argument("--iterations", type=_positive_int, default=40000, metavar="N")
     parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="B",
@@ -50,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42, metavar="N")
     parser.add_argument("--preset", choices=("examples", "johnson", "ulyanov"), default="examples",
                         help="loss layers and weights of a published setup")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 1e-3; 1e-4 for --arch adain)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine", "step"), default="cosine")
     parser.add_argument("--content-weight", type=float, default=None)
     parser.add_argument("--style-weight", type=float, default=None)
@@ -84,12 +99,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from ..training.trainer import TrainConfig
 
+    if args.arch == "adain":
+        return adain_config_from_args(args)
+    if args.style_data is not None:
+        raise ValueError("--style-data is for --arch adain; a generator trains on --style "
+                         "image(s)")
     return TrainConfig(
-        style=args.style, data=args.data, output=args.output, arch=args.arch, norm=args.norm,
+        style=args.style, add_style=args.add_style, model=args.model,
+        data=args.data, output=args.output, arch=args.arch, norm=args.norm,
         iterations=args.iterations, batch_size=args.batch_size, image_size=args.image_size,
         style_size=args.style_size, vgg_weights=args.vgg_weights,
         checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-        preset=args.preset, lr=args.lr, lr_schedule=args.lr_schedule,
+        preset=args.preset, lr=1e-3 if args.lr is None else args.lr,
+        lr_schedule=args.lr_schedule,
         content_weight=args.content_weight, style_weight=args.style_weight,
         tv_weight=args.tv_weight, content_layers=args.content_layers,
         style_layers=args.style_layers, workers=args.workers, amp=args.amp,
@@ -98,8 +120,33 @@ def config_from_args(args: argparse.Namespace):
         stop_at=args.stop_at)
 
 
+def adain_config_from_args(args: argparse.Namespace):
+    from ..training.adain import AdaINTrainConfig
+
+    if args.style_data is None:
+        raise ValueError("--arch adain trains on a folder of style images: pass --style-data DIR")
+    if args.style or args.add_style or args.model:
+        raise ValueError("--arch adain takes its styles from --style-data; --style, "
+                         "--add-style and --model are for the generators")
+    return AdaINTrainConfig(
+        data=args.data, style_data=args.style_data, output=args.output,
+        iterations=args.iterations, batch_size=args.batch_size, image_size=args.image_size,
+        lr=1e-4 if args.lr is None else args.lr, vgg_weights=args.vgg_weights,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+        workers=args.workers, device=args.device, progress=not args.no_progress,
+        log_every=args.log_every, stop_at=args.stop_at, amp=args.amp,
+        **({"content_weight": args.content_weight} if args.content_weight is not None else {}),
+        **({"style_weight": args.style_weight} if args.style_weight is not None else {}))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    if args.arch == "adain":
+        from ..training.adain import train_adain
+
+        result = train_adain(config)
+    else:
+        result = train(config)
     return 0 if result.iteration >= args.iterations or args.stop_at else 130

@@ -74,6 +74,17 @@ class Stylizer:
         tune_allocator: keep glibc from returning large activations to the OS between
             forwards (see :mod:`stylize_fast.inference.allocator`); ~40% of a CPU forward.
         norm: with a model file, build it with this norm (e.g. ``"instance"``).
+        style: for a multi-style model (``styles > 1``), the style every image gets: an int
+            index, or a list of mixing weights, one per style (normalised to sum to 1).
+            Required for such models; an error for single-style ones.
+        style_images: for an AdaIN model (:class:`~stylize_fast.models.AdaINNet`), the style
+            image(s): file paths or ``(3, H, W)`` / ``(1, 3, H, W)`` tensors in 0-255. Their
+            statistics are computed once (per content image with ``preserve_color``).
+        style_weights: AdaIN: mixing weights, one per style image (default: equal).
+        alpha: AdaIN: content / style trade-off in feature space, 0 .. 1 (1: full style).
+            With an AdaIN model, ``preserve_color`` recolours the style image(s) to each
+            content image's colour statistics before stylising (Huang and Belongie), instead of
+            the luminance transfer the generators use.
     """
 
     def __init__(
@@ -91,6 +102,10 @@ class Stylizer:
         progress: bool = False,
         tune_allocator: bool = True,
         norm: str | None = None,
+        style: int | Sequence[float] | None = None,
+        style_images: Sequence | None = None,
+        style_weights: Sequence[float] | None = None,
+        alpha: float = 1.0,
     ) -> None:
         if isinstance(dtype, str):
             if dtype not in DTYPES:
@@ -132,6 +147,89 @@ class Stylizer:
         self.strength = float(strength)
         self.progress = progress
         self.multiple = int(getattr(model, "multiple", 1))
+        self.adain = hasattr(self.model, "stylize_with_stats")
+        if self.adain:
+            if style is not None:
+                raise ValueError("Stylizer: an AdaIN model takes style_images (--style IMAGE), "
+                                 "not a style index / weights over learned styles")
+            self.style = None
+            self._setup_adain(style_images, style_weights, alpha)
+        else:
+            if style_images is not None or style_weights is not None or alpha != 1.0:
+                raise ValueError("Stylizer: style_images / style_weights / alpha (--style IMAGE, "
+                                 "--alpha) are for AdaIN models; this model has its style(s) "
+                                 "built in")
+            self.style = self._select_style(style)
+
+    def _select_style(self, style):
+        """The checked one-row style selection of a multi-style model (None otherwise)."""
+        from ..nn.conditional_instance_norm import select_styles
+        from ..training.styles import model_styles
+
+        styles = model_styles(self.model)
+        if styles == 1:
+            if style is not None:
+                raise ValueError("Stylizer: style (--style-index / --style-weights) given, but "
+                                 "this model has a single style")
+            return None
+        if style is None:
+            raise ValueError(f"Stylizer: this model holds {styles} styles; choose one with "
+                             f"style=K (--style-index K, 0..{styles - 1}) or blend them with "
+                             f"style=[w_0, ..., w_{styles - 1}] (--style-weights)")
+        selection = select_styles(style, styles, 1, "Stylizer: style")
+        return type(selection)(*(t.to(self.device) if t is not None else None
+                                 for t in selection))
+
+    def _setup_adain(self, style_images, style_weights, alpha) -> None:
+        from ..training.data import load_style
+
+        if not style_images:
+            raise ValueError("Stylizer: an AdaIN model needs style_images (--style IMAGE ...)")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"Stylizer: alpha must be in [0, 1], got {alpha!r}")
+        images = []
+        for item in style_images:
+            if isinstance(item, torch.Tensor):
+                t = item if item.dim() == 4 else item.unsqueeze(0)
+                if t.dim() != 4 or t.shape[:2] != (1, 3):
+                    raise ValueError(f"Stylizer: a style image tensor must be (3, H, W) or "
+                                     f"(1, 3, H, W), got {tuple(item.shape)}")
+            else:
+                t = load_style(item)  # clear errors for missing / unreadable files
+            images.append(t.to(device=self.device, dtype=self.dtype))
+        if style_weights is not None and len(style_weights) != len(images):
+            raise ValueError(f"Stylizer: {len(style_weights)} style weights for "
+                             f"{len(images)} style images (--style-weights needs one per "
+                             f"--style image)")
+        self.style_images = images
+        self.style_weights = None if style_weights is None else [float(w) for w in style_weights]
+        self.alpha = float(alpha)
+        self.style_stats = None
+        if not self.preserve_color:
+            with torch.inference_mode():
+                self.style_stats = self.model.style_stats(images, self.style_weights)
+
+    def _adain_stats(self, content: torch.Tensor):
+        """Per-sample style statistics: the fixed ones, or with ``preserve_color`` the style
+        images recoloured to each whole content image (before padding and tiling)."""
+        from .color import match_color
+
+        means, stds = [], []
+        for image in content:
+            recoloured = [match_color(s[0].float(), image.float()).unsqueeze(0).to(self.dtype)
+                          for s in self.style_images]
+            mean, std = self.model.style_stats(recoloured, self.style_weights)
+            means.append(mean)
+            stds.append(std)
+        return torch.cat(means), torch.cat(stds)
+
+    def _model(self, x: torch.Tensor) -> torch.Tensor:
+        if self.adain:
+            mean, std = self.style_stats
+            return self.model.stylize_with_stats(x, mean, std, self.alpha)
+        if self.style is None:
+            return self.model(x)
+        return self.model(x, self.style)
 
     # -- tensors -------------------------------------------------------------------------------
 
@@ -148,7 +246,7 @@ class Stylizer:
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self.model(x).float()
+        y = self._model(x).float()
         if (th, tw) != (h, w):
             y = y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
         return y
@@ -172,13 +270,20 @@ class Stylizer:
         x = content.unsqueeze(0) if unbatched else content
         x = x.to(device=self.device, dtype=torch.float32)
         tile = self.tile_for(*x.shape[-2:])
+        recolour = self.adain and self.preserve_color
         if tile:
-            y = torch.cat([stylize_tiled(self._forward, x[i:i + 1], tile, self.tile_overlap)
-                           for i in range(x.shape[0])])
+            rows = []
+            for i in range(x.shape[0]):
+                if recolour:
+                    self.style_stats = self._adain_stats(x[i:i + 1])
+                rows.append(stylize_tiled(self._forward, x[i:i + 1], tile, self.tile_overlap))
+            y = torch.cat(rows)
         else:
+            if recolour:
+                self.style_stats = self._adain_stats(x)
             y = self._forward(x)
         y = y.clamp_(0, 255)  # a valid image first, so that blending mixes two images
-        if self.preserve_color:
+        if self.preserve_color and not self.adain:
             y = preserve_color(x, y).clamp_(0, 255)
         y = blend(x, y, self.strength)
         return y[0] if unbatched else y

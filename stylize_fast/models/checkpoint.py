@@ -23,12 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adain import AdaINNet
 from .johnson import JohnsonNet
 from .texture import TextureNet
 
 FORMAT = "stylize_fast.model"
 FORMAT_VERSION = 1
-ARCHITECTURES: dict[str, type[nn.Module]] = {"JohnsonNet": JohnsonNet, "TextureNet": TextureNet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"JohnsonNet": JohnsonNet, "TextureNet": TextureNet,
+                                              "AdaINNet": AdaINNet}
 # Entries pre-0.4 PyTorch wrote for InstanceNorm2d (then tracking running stats by default).
 _LEGACY_STATS = re.compile(r"(^|\.)in\d+\.(running_mean|running_var|num_batches_tracked)$")
 

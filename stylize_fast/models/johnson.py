@@ -11,30 +11,34 @@ from .layers import (
     PADDING_MODES,
     ConvLayer,
     UpsampleConvLayer,
+    apply_norm,
     check_channels_last,
     check_choice,
     check_positive_int,
     generator_layouts,
     make_activation,
     make_norm,
+    resolve_style,
 )
 
 
 class ResidualBlock(nn.Module):
     """conv 3x3, norm, ReLU, conv 3x3, norm, + input (no activation after the add).
-    Keys: ``conv1.conv2d.*``, ``in1.*``, ``conv2.conv2d.*``, ``in2.*``."""
+    Keys: ``conv1.conv2d.*``, ``in1.*``, ``conv2.conv2d.*``, ``in2.*``. ``style``: the checked
+    selection of a conditional (``styles > 1``) block, else None."""
 
-    def __init__(self, channels: int, norm: str = "fused", padding_mode: str = "reflect") -> None:
+    def __init__(self, channels: int, norm: str = "fused", padding_mode: str = "reflect",
+                 styles: int = 1) -> None:
         super().__init__()
         fused = norm == "fused"
         self.conv1 = ConvLayer(channels, channels, 3, 1, padding_mode, fused)
-        self.in1, self.relu = make_norm(channels, norm, "relu")
+        self.in1, self.relu = make_norm(channels, norm, "relu", styles=styles)
         self.conv2 = ConvLayer(channels, channels, 3, 1, padding_mode, fused)
-        self.in2, _ = make_norm(channels, norm, None)
+        self.in2, _ = make_norm(channels, norm, None, styles=styles)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.in1(self.conv1(x)))
-        return self.in2(self.conv2(out)) + x
+    def forward(self, x: torch.Tensor, style=None) -> torch.Tensor:
+        out = self.relu(apply_norm(self.in1, self.conv1(x), style))
+        return apply_norm(self.in2, self.conv2(out), style) + x
 
 
 class JohnsonNet(nn.Module):
@@ -59,9 +63,16 @@ class JohnsonNet(nn.Module):
             own layout). None (default): yes for ``norm="fused"`` on CPU, where the fused kernels
             are channels_last-native and the 3x3 convolutions run as Winograd (measured 0.4x the
             time of NCHW there); no otherwise. A runtime choice, not part of the architecture.
+        styles: number of styles (1). Above 1 every instance norm is conditional (Dumoulin et
+            al.): ``in*.weight`` / ``in*.bias`` hold one row per style, shape ``(styles, C)``,
+            and the forward takes the style per sample. ``norm="batch"`` has no conditional form.
 
     Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H', W')`` with ``H' = H`` when H
     is a multiple of :attr:`multiple` (4); otherwise pad first (the inference engine does).
+    ``model(x)`` for one style, ``model(x, style)`` with ``styles > 1``: ``style`` an integer
+    tensor ``(N,)`` of style indices or a float tensor ``(N, styles)`` of mixing weights (see
+    :func:`stylize_fast.nn.select_styles`). A batch mixing styles is still one kernel call per
+    layer.
     """
 
     #: Height and width must be multiples of this for the output to keep the input's size.
@@ -80,6 +91,7 @@ class JohnsonNet(nn.Module):
         in_channels: int = 3,
         out_channels: int = 3,
         channels_last: bool | None = None,
+        styles: int = 1,
     ) -> None:
         super().__init__()
         fn = type(self).__name__
@@ -93,6 +105,10 @@ class JohnsonNet(nn.Module):
         if final_kernel not in (1, 3, 5, 7, 9):
             raise ValueError(f"{fn}: final_kernel must be an odd int in 1..9, got {final_kernel!r}")
         check_channels_last(fn, channels_last)
+        check_positive_int(fn, "styles", styles)
+        if styles > 1 and norm == "batch":
+            raise ValueError(f"{fn}: styles > 1 needs norm='instance' or 'fused' (conditional "
+                             f"instance norm), not 'batch'")
         self.channels_last = channels_last
         if tanh_scale is not None and not (isinstance(tanh_scale, (int, float))
                                            and tanh_scale > 0):
@@ -103,45 +119,50 @@ class JohnsonNet(nn.Module):
                             final_kernel=final_kernel,
                             tanh_scale=None if tanh_scale is None else float(tanh_scale),
                             in_channels=in_channels, out_channels=out_channels)
+        if styles > 1:  # styles=1 leaves the options (and files) of single-style models as they were
+            self.options["styles"] = styles
+        self.styles = styles
         self.norm = norm
         self.tanh_scale = self.options["tanh_scale"]
         fused = norm == "fused"
         c1, c2, c3 = channels, 2 * channels, 4 * channels
 
         self.conv1 = ConvLayer(in_channels, c1, 9, 1, padding_mode, fused)
-        self.in1, _ = make_norm(c1, norm, "relu")
+        self.in1, _ = make_norm(c1, norm, "relu", styles=styles)
         self.conv2 = ConvLayer(c1, c2, 3, 2, padding_mode, fused)
-        self.in2, _ = make_norm(c2, norm, "relu")
+        self.in2, _ = make_norm(c2, norm, "relu", styles=styles)
         self.conv3 = ConvLayer(c2, c3, 3, 2, padding_mode, fused)
-        self.in3, _ = make_norm(c3, norm, "relu")
+        self.in3, _ = make_norm(c3, norm, "relu", styles=styles)
         for i in range(1, num_residual + 1):
-            self.add_module(f"res{i}", ResidualBlock(c3, norm, padding_mode))
+            self.add_module(f"res{i}", ResidualBlock(c3, norm, padding_mode, styles))
         self.deconv1 = UpsampleConvLayer(c3, c2, 3, 2, upsample, padding_mode, fused)
-        self.in4, _ = make_norm(c2, norm, "relu")
+        self.in4, _ = make_norm(c2, norm, "relu", styles=styles)
         self.deconv2 = UpsampleConvLayer(c2, c1, 3, 2, upsample, padding_mode, fused)
-        self.in5, _ = make_norm(c1, norm, "relu")
+        self.in5, _ = make_norm(c1, norm, "relu", styles=styles)
         self.deconv3 = ConvLayer(c1, out_channels, final_kernel, 1, padding_mode, fused)
         # One shared ReLU as in the examples; the fused norms apply it themselves.
         self.relu = nn.Identity() if fused else make_activation("relu")
         self.num_residual = num_residual
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style=None) -> torch.Tensor:
         """``(N, C, H, W)`` RGB 0-255 -> stylised ``(N, C_out, H, W)`` (for H, W multiples of 4),
-        in the input's memory format."""
+        in the input's memory format. ``style``: None for a single-style model, else the
+        style index ``(N,)`` or mixing weights ``(N, styles)`` per sample."""
+        selection = resolve_style(type(self).__name__, self.styles, style, x.shape[0])
         compute_format, out_format = generator_layouts(x, self.channels_last, self.norm)
         if compute_format == torch.channels_last:
             x = x.contiguous(memory_format=compute_format)
-        y = self._forward(x)
+        y = self._forward(x, selection)
         return y.contiguous(memory_format=out_format)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.relu(self.in1(self.conv1(x)))
-        y = self.relu(self.in2(self.conv2(y)))
-        y = self.relu(self.in3(self.conv3(y)))
+    def _forward(self, x: torch.Tensor, style=None) -> torch.Tensor:
+        y = self.relu(apply_norm(self.in1, self.conv1(x), style))
+        y = self.relu(apply_norm(self.in2, self.conv2(y), style))
+        y = self.relu(apply_norm(self.in3, self.conv3(y), style))
         for i in range(1, self.num_residual + 1):
-            y = getattr(self, f"res{i}")(y)
-        y = self.relu(self.in4(self.deconv1(y)))
-        y = self.relu(self.in5(self.deconv2(y)))
+            y = getattr(self, f"res{i}")(y, style)
+        y = self.relu(apply_norm(self.in4, self.deconv1(y), style))
+        y = self.relu(apply_norm(self.in5, self.deconv2(y), style))
         y = self.deconv3(y)
         if self.tanh_scale is not None:
             y = torch.tanh(y) * self.tanh_scale

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.conditional_instance_norm import ConditionalInstanceNorm2d, select_styles
 from ..nn.instance_norm import FusedInstanceNorm2d
 from ..nn.padded_conv import PaddedConv2d
 
@@ -74,15 +75,47 @@ def make_padded_conv(in_channels: int, out_channels: int, kernel_size: int, stri
 
 
 def make_norm(num_features: int, norm: str, activation: str | None,
-              negative_slope: float = 0.01) -> tuple[nn.Module, nn.Module]:
+              negative_slope: float = 0.01, styles: int = 1) -> tuple[nn.Module, nn.Module]:
     """(norm, activation) pair; with ``norm="fused"`` the activation is inside the norm and the
-    second module is ``nn.Identity``. Instance norms are affine, without running statistics."""
+    second module is ``nn.Identity``. Instance norms are affine, without running statistics;
+    with ``styles > 1`` they are :class:`ConditionalInstanceNorm2d` (one affine row per style),
+    called as ``norm(x, style)`` (see :func:`apply_norm`)."""
+    if styles > 1:
+        if norm == "batch":
+            raise ValueError("styles > 1 needs norm='instance' or 'fused' (conditional instance "
+                             "norm), not 'batch'")
+        fused = norm == "fused"
+        return (ConditionalInstanceNorm2d(num_features, styles, activation=activation if fused
+                                          else None, negative_slope=negative_slope, fused=fused),
+                nn.Identity() if fused else make_activation(activation, negative_slope))
     if norm == "fused":
         return (FusedInstanceNorm2d(num_features, affine=True, activation=activation,
                                     negative_slope=negative_slope), nn.Identity())
     layer: nn.Module = (nn.InstanceNorm2d(num_features, affine=True) if norm == "instance"
                         else nn.BatchNorm2d(num_features))
     return layer, make_activation(activation, negative_slope)
+
+
+def apply_norm(norm: nn.Module, x: torch.Tensor, style) -> torch.Tensor:
+    """``norm(x)``, or ``norm(x, style)`` for a conditional norm (``style`` is then a checked
+    :class:`~stylize_fast.nn.conditional_instance_norm.StyleSelection`)."""
+    if isinstance(norm, ConditionalInstanceNorm2d):
+        return norm(x, style)
+    return norm(x)
+
+
+def resolve_style(fn: str, styles: int, style, batch: int):
+    """The checked selection a conditional generator's forward passes to its layers (None for
+    a single-style model, which takes no ``style``)."""
+    if styles == 1:
+        if style is not None:
+            raise ValueError(f"{fn}: this is a single-style model; style must be None, got "
+                             f"{style if not isinstance(style, torch.Tensor) else 'a tensor'}")
+        return None
+    if style is None:
+        raise ValueError(f"{fn}: this model has {styles} styles: pass style, an index tensor (B,) "
+                         f"or mixing weights (B, {styles})")
+    return select_styles(style, styles, batch, f"{fn}: style")
 
 
 def make_activation(activation: str | None, negative_slope: float = 0.01) -> nn.Module:

@@ -10,12 +10,14 @@ from .layers import (
     ACTIVATIONS,
     NORMS,
     PADDING_MODES,
+    apply_norm,
     check_channels_last,
     check_choice,
     check_positive_int,
     generator_layouts,
     make_norm,
     make_padded_conv,
+    resolve_style,
 )
 
 
@@ -23,39 +25,42 @@ class ConvBlock(nn.Module):
     """conv 3x3, norm, act, conv 3x3, norm, act, conv 1x1, norm, act (padded: size kept).
 
     Keys: ``conv{1,2,3}.weight``/``.bias`` and ``norm{1,2,3}.*``.
-    Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``."""
+    Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``. ``style``: the checked
+    selection of a conditional (``styles > 1``) block, else None."""
 
     def __init__(self, in_channels: int, out_channels: int, norm: str, padding_mode: str,
-                 activation: str, negative_slope: float) -> None:
+                 activation: str, negative_slope: float, styles: int = 1) -> None:
         super().__init__()
         fused = norm == "fused"
         self.pad1, self.conv1 = make_padded_conv(in_channels, out_channels, 3, 1, padding_mode,
                                                  fused)
-        self.norm1, self.act1 = make_norm(out_channels, norm, activation, negative_slope)
+        self.norm1, self.act1 = make_norm(out_channels, norm, activation, negative_slope, styles)
         self.pad2, self.conv2 = make_padded_conv(out_channels, out_channels, 3, 1, padding_mode,
                                                  fused)
-        self.norm2, self.act2 = make_norm(out_channels, norm, activation, negative_slope)
+        self.norm2, self.act2 = make_norm(out_channels, norm, activation, negative_slope, styles)
         self.conv3 = nn.Conv2d(out_channels, out_channels, 1)
-        self.norm3, self.act3 = make_norm(out_channels, norm, activation, negative_slope)
+        self.norm3, self.act3 = make_norm(out_channels, norm, activation, negative_slope, styles)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.norm1(self.conv1(self.pad1(x))))
-        x = self.act2(self.norm2(self.conv2(self.pad2(x))))
-        return self.act3(self.norm3(self.conv3(x)))
+    def forward(self, x: torch.Tensor, style=None) -> torch.Tensor:
+        x = self.act1(apply_norm(self.norm1, self.conv1(self.pad1(x)), style))
+        x = self.act2(apply_norm(self.norm2, self.conv2(self.pad2(x)), style))
+        return self.act3(apply_norm(self.norm3, self.conv3(x), style))
 
 
 class Join(nn.Module):
     """Upsample the coarser path x2 (nearest), normalise each input, concatenate channels
     (coarse first). Keys: ``norm_coarse.*``, ``norm_fine.*``."""
 
-    def __init__(self, coarse_channels: int, fine_channels: int, norm: str) -> None:
+    def __init__(self, coarse_channels: int, fine_channels: int, norm: str,
+                 styles: int = 1) -> None:
         super().__init__()
-        self.norm_coarse, _ = make_norm(coarse_channels, norm, None)
-        self.norm_fine, _ = make_norm(fine_channels, norm, None)
+        self.norm_coarse, _ = make_norm(coarse_channels, norm, None, styles=styles)
+        self.norm_fine, _ = make_norm(fine_channels, norm, None, styles=styles)
 
-    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor, style=None) -> torch.Tensor:
         coarse = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
-        return torch.cat([self.norm_coarse(coarse), self.norm_fine(fine)], dim=1)
+        return torch.cat([apply_norm(self.norm_coarse, coarse, style),
+                          apply_norm(self.norm_fine, fine, style)], dim=1)
 
 
 class TextureNet(nn.Module):
@@ -84,6 +89,9 @@ class TextureNet(nn.Module):
             handle 8..48 channels in place (measured 0.47x the eager model's time at 512²,
             against 0.76x in NCHW); no otherwise. A runtime choice, not part of the
             architecture.
+        styles: number of styles (1). Above 1 every instance norm is conditional (Dumoulin et
+            al.): one affine row per style (``weight`` / ``bias`` of shape ``(styles, C)``), the
+            style chosen per sample in the forward. ``norm="batch"`` has no conditional form.
 
     Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``, any H, W >= 1.
     """
@@ -103,6 +111,7 @@ class TextureNet(nn.Module):
         negative_slope: float = 0.01,
         padding_mode: str = "replicate",
         channels_last: bool | None = None,
+        styles: int = 1,
     ) -> None:
         super().__init__()
         fn = type(self).__name__
@@ -116,19 +125,26 @@ class TextureNet(nn.Module):
         check_positive_int(fn, "branch_channels", branch_channels)
         check_positive_int(fn, "num_scales", num_scales)
         check_positive_int(fn, "noise_channels", noise_channels, minimum=0)
+        check_positive_int(fn, "styles", styles)
+        if styles > 1 and norm == "batch":
+            raise ValueError(f"{fn}: styles > 1 needs norm='instance' or 'fused' (conditional "
+                             f"instance norm), not 'batch'")
         if num_scales > 12:
             raise ValueError(f"{fn}: num_scales must be <= 12, got {num_scales}")
         self.options = dict(norm=norm, in_channels=in_channels, out_channels=out_channels,
                             branch_channels=branch_channels, num_scales=num_scales,
                             noise_channels=noise_channels, activation=activation,
                             negative_slope=float(negative_slope), padding_mode=padding_mode)
+        if styles > 1:  # styles=1 leaves the options (and files) of single-style models as they were
+            self.options["styles"] = styles
+        self.styles = styles
         self.norm = norm
         self.noise_channels = noise_channels
         self.num_scales = num_scales
         self.padding_mode = padding_mode
         self.internal_multiple = 2 ** (num_scales - 1)
         block_in = in_channels + noise_channels
-        args = (norm, padding_mode, activation, float(negative_slope))
+        args = (norm, padding_mode, activation, float(negative_slope), styles)
         # Scale 0 is the coarsest (pooled by 2**(num_scales-1)), the last one full resolution.
         self.branches = nn.ModuleList(
             [ConvBlock(block_in, branch_channels, *args) for _ in range(num_scales)])
@@ -136,22 +152,29 @@ class TextureNet(nn.Module):
         self.merges = nn.ModuleList()
         for k in range(1, num_scales):
             width = branch_channels * k
-            self.joins.append(Join(width, branch_channels, norm))
+            self.joins.append(Join(width, branch_channels, norm, styles))
             self.merges.append(ConvBlock(width + branch_channels, width + branch_channels, *args))
         self.final = nn.Conv2d(branch_channels * num_scales, out_channels, 1)
 
-    def forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """``(N, C, H, W)`` -> ``(N, C_out, H, W)``. ``noise`` (optional, only with
-        ``noise_channels``): one ``(N, noise_channels, H_k, W_k)`` tensor per scale, coarsest
-        first, at the padded sizes; drawn uniformly in [0, 1) when not given. The output has
-        the input's memory format."""
+    def forward(self, x: torch.Tensor, style=None,
+                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C_out, H, W)``. ``style``: None for a single-style model,
+        else the style index ``(N,)`` or mixing weights ``(N, styles)`` per sample. ``noise``
+        (optional, only with ``noise_channels``): one ``(N, noise_channels, H_k, W_k)`` tensor
+        per scale, coarsest first, at the padded sizes; drawn uniformly in [0, 1) when not
+        given. The output has the input's memory format."""
+        if (isinstance(style, (list, tuple)) and style and isinstance(style[0], torch.Tensor)
+                and noise is None):
+            style, noise = None, list(style)  # model(x, noise) as before styles existed
+        selection = resolve_style(type(self).__name__, self.styles, style, x.shape[0])
         compute_format, out_format = generator_layouts(x, self.channels_last, self.norm)
         if compute_format == torch.channels_last:
             x = x.contiguous(memory_format=compute_format)
-        return self._forward(x, noise, compute_format).contiguous(memory_format=out_format)
+        return self._forward(x, noise, compute_format, selection).contiguous(
+            memory_format=out_format)
 
     def _forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None,
-                 compute_format: torch.memory_format) -> torch.Tensor:
+                 compute_format: torch.memory_format, style=None) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         m = self.internal_multiple
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
@@ -178,11 +201,11 @@ class TextureNet(nn.Module):
                                        dtype=z.dtype, device=z.device)
                 # cat of mixed layouts gives NCHW: keep the computing layout.
                 z = torch.cat([z, extra.to(z)], dim=1).contiguous(memory_format=compute_format)
-            z = self.branches[k](z)
+            z = self.branches[k](z, style)
             if k == 0:
                 path = z
             else:
-                path = self.merges[k - 1](self.joins[k - 1](path, z))
+                path = self.merges[k - 1](self.joins[k - 1](path, z, style), style)
         y = self.final(path)
         if tracing or pad_h or pad_w:
             y = y[..., :h, :w]

@@ -141,11 +141,17 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def style_loss(grams: Mapping[str, torch.Tensor], target_grams: Mapping[str, torch.Tensor],
-               layer_weights: Mapping[str, float] | None = None) -> torch.Tensor:
-    """``sum_l w_l * mean((G_l - T_l)^2)``; targets ``(1, C, C)`` broadcast over the batch."""
+               layer_weights: Mapping[str, float] | None = None,
+               style_index: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_l w_l * mean((G_l - T_l)^2)``. Targets ``(S, C, C)``, one per style: with
+    ``style_index`` ``(N,)`` sample i is compared with target ``style_index[i]``; without it the
+    targets (``S = 1``) broadcast over the batch."""
     total = None
     for name, g in grams.items():
-        t = target_grams[name].to(g.dtype).expand_as(g)
+        t = target_grams[name].to(g.dtype)
+        if style_index is not None:
+            t = t.index_select(0, style_index.to(t.device))
+        t = t.expand_as(g)
         weight = 1.0 if layer_weights is None else layer_weights[name]
         term = nn.functional.mse_loss(g, t) * weight
         total = term if total is None else total + term
@@ -189,6 +195,7 @@ class PerceptualLoss(nn.Module):
         weights = config.style_layer_weights or [1.0] * len(config.style_layers)
         self.style_layer_weights = dict(zip(config.style_layers, weights))
         self.target_grams: dict[str, torch.Tensor] = {}
+        self.num_styles = 1
 
     def train(self, mode: bool = True) -> PerceptualLoss:
         super().train(mode)
@@ -196,20 +203,34 @@ class PerceptualLoss(nn.Module):
         return self
 
     @torch.no_grad()
-    def set_style(self, style: torch.Tensor) -> None:
-        """Compute target Grams from ``style`` ``(1, 3, H, W)`` (in the network's dtype, outside
-        autocast)."""
-        if style.dim() != 4 or style.shape[:2] != (1, 3):
-            raise ValueError(f"style image must be (1, 3, H, W), got {tuple(style.shape)}")
+    def set_style(self, style: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Compute target Grams from ``style`` ``(1, 3, H, W)``, or from a list of style images
+        (each ``(1, 3, H_k, W_k)``, sizes may differ) for a multi-style model: targets
+        ``(S, C, C)``, computed once here, in the network's dtype, outside autocast."""
+        styles = [style] if isinstance(style, torch.Tensor) else list(style)
+        if not styles:
+            raise ValueError("set_style: no style image")
+        for s in styles:
+            if not isinstance(s, torch.Tensor) or s.dim() != 4 or s.shape[:2] != (1, 3):
+                raise ValueError(f"style image must be (1, 3, H, W), got "
+                                 f"{tuple(s.shape) if isinstance(s, torch.Tensor) else s!r}")
+        self.num_styles = len(styles)
         if not self.config.style_layers:
             self.target_grams = {}
             return
-        feats = self.vgg(style.to(self.vgg.features[0].weight.dtype),
-                         layers=self.config.style_layers)
-        self.target_grams = {k: gram_matrix(feats[k]) for k in self.config.style_layers}
+        dtype = self.vgg.features[0].weight.dtype
+        per_style = [self.vgg(s.to(dtype), layers=self.config.style_layers) for s in styles]
+        self.target_grams = {k: torch.cat([gram_matrix(f[k]) for f in per_style])
+                             for k in self.config.style_layers}
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, output: torch.Tensor, content: torch.Tensor,
+                style_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``style_index`` ``(N,)``: the style each sample of a multi-style batch is judged by
+        (needed when :meth:`set_style` was given several images)."""
         cfg = self.config
+        if style_index is None and self.num_styles > 1:
+            raise ValueError(f"PerceptualLoss: {self.num_styles} style targets are set; pass "
+                             f"style_index (N,) to say which one each sample is judged by")
         if self.config.style_layers and not self.target_grams:
             raise RuntimeError("PerceptualLoss: call set_style(style_image) before computing "
                                "the loss")
@@ -220,7 +241,7 @@ class PerceptualLoss(nn.Module):
         c = sum((content_loss(feats[k], target[k]) for k in cfg.content_layers), zero)
         if cfg.style_layers:
             grams = {k: gram_matrix(feats[k]) for k in cfg.style_layers}
-            s = style_loss(grams, self.target_grams, self.style_layer_weights)
+            s = style_loss(grams, self.target_grams, self.style_layer_weights, style_index)
         else:
             s = zero
         tv = total_variation(output) if cfg.tv_weight > 0 else zero

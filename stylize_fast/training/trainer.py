@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import multiprocessing
 import os
 import platform
 import random
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +35,17 @@ from torch import nn
 
 from . import distributed as ddp
 from .data import ContentImages, DecodedImages, ResumableBatchSampler, find_images, load_style
+from .loop import LoopSchedule, run_loop, say, wait_summary
 from .losses import LossConfig, PerceptualLoss, loss_config, parse_layers
+from .styles import (
+    ARCH_NAMES,
+    draw_style_indices,
+    extend_model,
+    style_names,
+    style_thumbnails,
+    thumbnail,
+    train_only_new_rows,
+)
 
 CHECKPOINT_NAME = "checkpoint.pth"
 FINAL_NAME = "model.pth"
@@ -50,7 +57,6 @@ NORMS = ("batch", "instance", "fused")
 SCHEDULES = ("constant", "cosine", "step")
 
 DEFAULT_CACHE_MB = 1024  # train_cache_mb when unset
-DATA_WAIT_SMOOTHING = 0.1  # weight of the newest iteration in the progress bar's data fraction
 
 # Fields that define the sequence of updates: a resumed run must agree on all of them.
 _RUN_DEFINING = ("arch", "norm", "iterations", "batch_size", "image_size", "style_size", "seed",
@@ -60,9 +66,15 @@ _RUN_DEFINING = ("arch", "norm", "iterations", "batch_size", "image_size", "styl
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (the ``stylize-fast train`` flags)."""
+    """Everything a training run depends on (the ``stylize-fast train`` flags).
 
-    style: str
+    ``style``: one style image, or a list of them for one multi-style (conditional instance
+    norm) model whose every batch draws a style per sample. ``add_style`` + ``model``: train a
+    copy of the trained model ``model`` with one more style, ``add_style``, updating only that
+    style's (gamma, beta) rows (``style`` is then None; ``arch`` / ``norm`` come from the file).
+    """
+
+    style: str | list[str] | None
     data: str
     output: str
     arch: str = "johnson"
@@ -91,8 +103,28 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     stop_at: int | None = None  # stop (with a checkpoint) after this iteration, as if killed
+    add_style: str | None = None  # a style image to add to the trained model `model`
+    model: str | None = None  # the model file --add-style extends
 
     def __post_init__(self) -> None:
+        if isinstance(self.style, (list, tuple)):
+            self.style = [os.fspath(p) for p in self.style]
+            if len(self.style) == 1:
+                self.style = self.style[0]
+        elif self.style is not None:
+            self.style = os.fspath(self.style)
+        if self.add_style is not None:
+            if self.model is None:
+                raise ValueError("--add-style needs --model M: the trained model to extend")
+            if self.style:
+                raise ValueError("--add-style trains one new style on top of --model; do not "
+                                 "pass --style as well")
+        elif self.model is not None:
+            raise ValueError("--model is the model that --add-style extends; pass --add-style "
+                             "IMAGE too")
+        elif not self.style:
+            raise ValueError("--style: give one style image, several for a multi-style model, "
+                             "or --add-style IMAGE --model M")
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
         if self.norm not in NORMS:
@@ -120,6 +152,13 @@ class TrainConfig:
         self.content_layers = parse_layers(self.content_layers)
         self.style_layers = parse_layers(self.style_layers)
 
+    def style_paths(self) -> list[str]:
+        """The style images this run computes targets for: ``style`` as a list, or the one
+        style ``add_style`` adds."""
+        if self.add_style is not None:
+            return [os.fspath(self.add_style)]
+        return [self.style] if isinstance(self.style, str) else list(self.style)
+
     def loss_config(self) -> LossConfig:
         return loss_config(self.preset, content_weight=self.content_weight,
                            style_weight=self.style_weight, tv_weight=self.tv_weight,
@@ -143,14 +182,18 @@ class TrainResult:
 # Generators and the final model file
 
 
-def build_generator(arch: str, norm: str) -> nn.Module:
-    """A fresh generator: ``JohnsonNet`` or ``TextureNet`` with the given ``norm``."""
+def build_generator(arch: str, norm: str, styles: int = 1) -> nn.Module:
+    """A fresh generator: ``JohnsonNet`` or ``TextureNet`` with the given ``norm`` and number
+    of styles (conditional instance norm above 1)."""
     from .. import models
 
+    if styles > 1 and norm == "batch":
+        raise ValueError("several styles need --norm instance or fused (conditional instance "
+                         "norm); batch norm has no per-style form")
     if arch == "johnson":
-        return models.JohnsonNet(norm=norm)
+        return models.JohnsonNet(norm=norm, styles=styles)
     if arch == "texture":
-        return models.TextureNet(norm=norm)
+        return models.TextureNet(norm=norm, styles=styles)
     raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
 
 
@@ -365,70 +408,8 @@ def save_image_grid(rows: list[torch.Tensor], path: str) -> None:
     Image.fromarray(grid).save(path)
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current iteration (with a checkpoint)
-    instead of dying mid-update."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict = {}
-
-    def __enter__(self) -> _StopFlag:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # second signal: give up at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-class DataWait:
-    """This rank's time waiting for data against whole iterations: per log window (reset by
-    :meth:`new_window`) and exponentially smoothed for the progress bar. Local to the rank: no
-    collective, so nothing here can make ranks wait on each other."""
-
-    def __init__(self, smoothing: float = DATA_WAIT_SMOOTHING) -> None:
-        self.smoothing = smoothing
-        self.window_data = self.window_total = 0.0
-        self.smooth_data = self.smooth_total = None
-
-    def add(self, data_seconds: float, iteration_seconds: float) -> None:
-        iteration_seconds = max(iteration_seconds, data_seconds)
-        self.window_data += data_seconds
-        self.window_total += iteration_seconds
-        if self.smooth_data is None:
-            self.smooth_data, self.smooth_total = data_seconds, iteration_seconds
-        else:
-            a = self.smoothing
-            self.smooth_data += a * (data_seconds - self.smooth_data)
-            self.smooth_total += a * (iteration_seconds - self.smooth_total)
-
-    @staticmethod
-    def _fraction(data: float, total: float) -> float:
-        return min(1.0, data / total) if total > 0 else 0.0
-
-    def window_fraction(self) -> float:
-        return self._fraction(self.window_data, self.window_total)
-
-    def smoothed_fraction(self) -> float:
-        return self._fraction(self.smooth_data or 0.0, self.smooth_total or 0.0)
-
-    def new_window(self) -> None:
-        self.window_data = self.window_total = 0.0
-
-
 def _log(message: str, info: ddp.DistInfo) -> None:
-    if info.is_main:
-        print(message, file=sys.stderr, flush=True)
+    say(message, info)
 
 
 def _check_resume_config(saved: dict, config: TrainConfig, world_size: int, saved_world: int,
@@ -436,6 +417,16 @@ def _check_resume_config(saved: dict, config: TrainConfig, world_size: int, save
     current = config.to_dict()
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in _RUN_DEFINING
              if saved.get(k) != current[k]]
+    def style_count(cfg: dict) -> int:
+        style = cfg.get("style")
+        return len(style) if isinstance(style, (list, tuple)) else 1
+
+    if style_count(saved) != style_count(current):
+        diffs.append(f"number of styles: checkpoint {style_count(saved)} vs now "
+                     f"{style_count(current)}")
+    if (saved.get("add_style") is None) != (current["add_style"] is None):
+        diffs.append(f"--add-style: checkpoint {saved.get('add_style')!r} vs now "
+                     f"{current['add_style']!r}")
     if saved_world != world_size:
         diffs.append(f"world size: checkpoint {saved_world} vs now {world_size}")
     if diffs:
@@ -465,8 +456,6 @@ def train(config: TrainConfig, model: nn.Module | None = None,
 
 
 def _train(config, model, on_iteration, device, info) -> TrainResult:
-    from tqdm import tqdm
-
     amp = resolve_amp(config.amp, device)
     if config.amp == "auto" and amp is None:
         _log("--amp: this CPU has no AVX512-BF16 (bfloat16 would be emulated, slower than "
@@ -488,26 +477,46 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
 
     seed_everything(config.seed)
     custom_model = model is not None
-    if model is None:
-        model = build_generator(config.arch, config.norm)
+    style_paths = config.style_paths()
+    new_style = None  # with --add-style: the index of the style being added
+    base_meta: dict = {}
+    if config.add_style is not None:
+        if custom_model:
+            raise ValueError("train: add_style builds its model from config.model")
+        model, base, new_style = extend_model(config.model)
+        base_meta = base["metadata"]
+        options = base["options"]
+        config = dataclasses.replace(config, arch=ARCH_NAMES[base["arch"]],
+                                     norm=options.get("norm", "fused"))
+        _log(f"adding style {new_style} ({os.path.basename(config.add_style)}) to "
+             f"{config.model} ({new_style} styles); only its instance-norm rows train", info)
+    elif model is None:
+        model = build_generator(config.arch, config.norm, len(style_paths))
+    num_styles = int(getattr(model, "styles", 1))
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
+    trainable = (train_only_new_rows(model, new_style) if new_style is not None
+                 else list(model.parameters()))
 
     loss_cfg = config.loss_config()
     loss_fn = PerceptualLoss(loss_cfg, vgg_weights=config.vgg_weights).to(device)
     loss_label = f"{loss_cfg.vgg}, weights: {loss_fn.vgg.source.label}"
     _log(f"loss network: {loss_label}", info)
-    style = load_style(config.style, config.style_size or config.image_size).to(device)
-    loss_fn.set_style(style)
+    styles = [load_style(p, config.style_size or config.image_size).to(device)
+              for p in style_paths]
+    loss_fn.set_style(styles)
+    if len(styles) > 1:
+        _log(f"styles: {len(styles)} ({', '.join(os.path.basename(p) for p in style_paths)}); "
+             f"each sample draws one", info)
 
     files, skipped = find_images(config.data)
     _log(f"content images: {len(files)} in {config.data}"
          f"{f' ({skipped} unreadable files skipped)' if skipped else ''}", info)
     dataset = make_dataset(files, config.image_size, config.workers, info)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.iterations)
     scaler = torch.amp.GradScaler(device.type, enabled=(amp == "float16"))
     loader_gen = torch.Generator().manual_seed(config.seed)
@@ -539,7 +548,6 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
     train_model = ddp.wrap(model, info, device)
 
     sample_inputs = torch.stack([dataset[(i, None)] for i in range(min(4, len(dataset)))])
-    history: list[dict] = []
     log_path = os.path.join(out_dir, "train_log.jsonl")
 
     def checkpoint(iteration: int) -> None:
@@ -564,77 +572,55 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
         model.eval()
         with torch.no_grad(), autocast_context(device, amp):
             x = sample_inputs.to(device)
-            y = model(x).float()
+            if num_styles == 1:
+                rows = [model(x).float()]
+            else:  # one row per style (the new one only when adding a style), at most 8
+                shown = [new_style] if new_style is not None else range(min(num_styles, 8))
+                rows = [model(x, torch.full((x.shape[0],), k, device=device)).float()
+                        for k in shown]
         model.train(was_training)
-        save_image_grid([x, y], os.path.join(out_dir, "samples", f"iter_{iteration:07d}.png"))
+        save_image_grid([x, *rows], os.path.join(out_dir, "samples",
+                                                 f"iter_{iteration:07d}.png"))
 
-    bar = tqdm(total=config.iterations, initial=start, desc="train", dynamic_ncols=True,
-               disable=not (info.is_main and config.progress), file=sys.stderr)
-    iteration = start
-    wait = DataWait()
-    tick = time.perf_counter()
-    batches = iter(loader)
-    with _StopFlag() as stop_flag:
-        while True:
-            data_start = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            batch = batch.to(device, non_blocking=True)
-            if config.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            data_seconds = time.perf_counter() - data_start
-            with autocast_context(device, amp):
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device, non_blocking=True)
+        if config.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def update(batch: torch.Tensor, iteration: int) -> tuple[dict[str, float], float]:
+        with autocast_context(device, amp):
+            if new_style is not None:  # every sample trains the added style
+                output = train_model(batch, torch.full((batch.shape[0],), new_style,
+                                                       device=device))
+                terms = loss_fn(output, batch)
+            elif num_styles > 1:
+                index = draw_style_indices(config.seed, iteration, info.rank, batch.shape[0],
+                                           num_styles, info.world_size).to(device)
+                output = train_model(batch, index)
+                terms = loss_fn(output, batch, index)
+            else:
                 output = train_model(batch)
                 terms = loss_fn(output, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            iteration += 1
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        values = {k: float(ddp.all_mean(v.detach(), info)) for k, v in terms.items()}
+        return values, scheduler.get_last_lr()[0]
 
-            now = time.perf_counter()
-            values = {k: float(ddp.all_mean(v.detach(), info)) for k, v in terms.items()}
-            if not all(math.isfinite(v) for v in values.values()):
-                raise RuntimeError(f"training diverged at iteration {iteration}: {values}")
-            wait.add(data_seconds, now - tick)
-            entry = {"iteration": iteration, **values, "lr": scheduler.get_last_lr()[0],
-                     "seconds": now - tick, "data_seconds": data_seconds,
-                     "data_fraction": wait.window_fraction()}
-            tick = now
-            history.append(entry)
-            if on_iteration is not None:
-                on_iteration(iteration, entry)
-            bar.set_postfix({**{k: f"{values[k]:.3g}" for k in ("content", "style", "tv", "total")},
-                             "data": f"{wait.smoothed_fraction():.0%}"}, refresh=False)
-            bar.update(1)
-            if iteration % config.log_every == 0 or iteration == stop:
-                if info.is_main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(entry) + "\n")
-                wait.new_window()
-            if iteration % config.sample_every == 0 or iteration == config.iterations:
-                sample(iteration)
-
-            requested = stop_flag.requested
-            if info.enabled:  # every rank must agree to stop at the same iteration
-                flag = torch.tensor([int(requested)], device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                requested = bool(flag.item())
-            if iteration % config.checkpoint_every == 0 or iteration == stop or requested:
-                checkpoint(iteration)
-            if requested:
-                _log(f"stopped at iteration {iteration}; continue with --resume", info)
-                break
-    bar.close()
-    del batches, loader  # stop the workers (and free their pages) before the final save
-    if history:
-        waited = sum(h["data_seconds"] for h in history) / max(sum(h["seconds"] for h in history),
-                                                                 1e-12)
-        _log(f"data wait: {min(waited, 1.0):.1%} of the step time ({len(history)} iterations, "
-             f"{config.workers} workers{', decoded cache' if dataset.cache is not None else ''})",
-             info)
+    schedule = LoopSchedule(start=start, stop=stop, iterations=config.iterations,
+                            log_every=config.log_every, sample_every=config.sample_every,
+                            checkpoint_every=config.checkpoint_every, log_path=log_path,
+                            progress=config.progress)
+    iteration, history = run_loop(loader, schedule, prepare=prepare, update=update,
+                                  checkpoint=checkpoint, sample=sample, info=info,
+                                  device=device, on_iteration=on_iteration)
+    del loader  # stop the workers (and free their pages) before the final save
+    summary = wait_summary(history, config.workers, dataset.cache is not None)
+    if summary:
+        _log(summary, info)
 
     ddp.broadcast_buffers(model, info)
     if info.enabled and not ddp.replicas_identical(model, info):
@@ -642,10 +628,22 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
     final_path = None
     if iteration >= config.iterations and info.is_main and not custom_model:
         final_path = os.path.join(out_dir, FINAL_NAME)
-        save_final_model(model, final_path, {
-            "arch": config.arch, "norm": config.norm, "iterations": iteration,
-            "style": os.path.basename(config.style), "loss_network": loss_label,
-            "loss_config": loss_cfg.to_dict(), "seed": config.seed, "versions": versions()})
+        names = [os.path.basename(p) for p in style_paths]
+        thumbs = torch.stack([thumbnail(s) for s in styles])
+        if new_style is not None:  # the extended model's earlier styles, then the new one
+            old_thumbs = style_thumbnails(base_meta, new_style)
+            if old_thumbs is None or old_thumbs.shape[-1] != thumbs.shape[-1]:
+                old_thumbs = torch.full((new_style, *thumbs.shape[1:]), 128, dtype=torch.uint8)
+            names = style_names(base_meta, new_style) + names
+            thumbs = torch.cat([old_thumbs, thumbs])
+        meta = {"arch": config.arch, "norm": config.norm, "iterations": iteration,
+                "styles": names, "style_thumbnails": thumbs, "loss_network": loss_label,
+                "loss_config": loss_cfg.to_dict(), "seed": config.seed, "versions": versions()}
+        if num_styles == 1:
+            meta["style"] = names[0]
+        if new_style is not None:
+            meta["extends"] = os.path.basename(config.model)
+        save_final_model(model, final_path, meta)
         _log(f"final model: {final_path}", info)
     ddp.barrier(info)
     return TrainResult(model=model, iteration=iteration, history=history,
