@@ -206,7 +206,7 @@ setup(
     extras_require={
         "triton": ["triton"],
         "plot": ["matplotlib"],
-        "video": ["av"],
+        "video": ["av", "opencv-python-headless"],
         "png16": ["pypng"],
         "export": ["onnx", "onnxruntime"],
         "dev": ["pytest", "pytest-benchmark", "matplotlib", "ruff", "expecttest"],

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from photos import photo  # scripts/photos.py (this folder is on sys.path)
 from PIL import Image, ImageDraw
 
 CONTENT = ("astronaut", "coffee", "chelsea", "rocket", "horse", "camera", "clock", "coins")
@@ -31,27 +32,17 @@ SHOWN = "astronaut"
 TILE = 160
 
 
-def _photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    image = getattr(data, name)()
-    if image.ndim == 2:
-        image = np.stack([image] * 3, -1)
-    image = image[..., :3]
-    if image.dtype != np.uint8:
-        image = (255 * (image.astype(np.float64) / max(float(image.max()), 1e-12))).astype(np.uint8)
-    return image
 
 
 def _write_photos(folder: str) -> tuple[str, list[str]]:
     data_dir = os.path.join(folder, "content")
     os.makedirs(data_dir)
     for name in CONTENT:
-        Image.fromarray(_photo(name)).save(os.path.join(data_dir, f"{name}.png"))
+        Image.fromarray(photo(name)).save(os.path.join(data_dir, f"{name}.png"))
     styles = []
     for name in STYLES:
         path = os.path.join(folder, f"{name}.png")
-        Image.fromarray(_photo(name)).save(path)
+        Image.fromarray(photo(name)).save(path)
         styles.append(path)
     return data_dir, styles
 
@@ -116,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         record["multi_style_seconds"] = round(time.perf_counter() - start, 1)
         history = result.history
         record["multi_style_loss_first_last"] = [history[0]["total"], history[-1]["total"]]
-        content = torch.from_numpy(_photo(SHOWN)).permute(2, 0, 1).float()
+        content = torch.from_numpy(photo(SHOWN)).permute(2, 0, 1).float()
         model = sf.models.load(result.final_model)
         rows = []
         tiles = [("content", _tile(content))]
@@ -125,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             tiles.append((f"style {k}: {name}", _tile(out)))
         rows.append(("one model,\n4 styles", tiles))
         rows.append(("style images", [("", _tile(np.zeros((8, 8, 3), np.uint8) + 255))] + [
-            (name, _tile(_photo(name))) for name in STYLES]))
+            (name, _tile(photo(name))) for name in STYLES]))
         blends = []
         for t in (0.0, 0.25, 0.5, 0.75, 1.0):
             weights = [1 - t, t, 0.0, 0.0]

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("stylize", "train", "bench", "export", "experiment", "info")
+SUBCOMMANDS = ("stylize", "train", "bench", "export", "experiment", "evaluate-video", "info")
 
 
 def _unavailable(name: str, exc: ImportError):
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"{__package__}.commands.{name}")
+            # Modules are named with underscores (evaluate-video -> commands/evaluate_video.py).
+            module = importlib.import_module(f"{__package__}.commands.{name.replace('-', '_')}")
         except ImportError as exc:
             # Say why a subcommand is missing instead of dropping it from the list.
             cmd = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False)

@@ -12,7 +12,9 @@ outputs match.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -28,6 +30,17 @@ def _plain_model(model: nn.Module | str | os.PathLike) -> nn.Module:
     if not isinstance(model, nn.Module):
         model = load(model, map_location="cpu")
     return to_plain(model).float().cpu().eval()
+
+
+@contextlib.contextmanager
+def _quiet_tracer():
+    """The tracer warns on every Python-level shape check (the models' argument checks); the
+    exported graph is verified at other sizes and batches instead (``verify_onnx``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True")
+        yield
 
 
 def _example_input(model: nn.Module, size: int) -> torch.Tensor:
@@ -76,7 +89,7 @@ def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *
     if "style" in names:
         axes["style"] = ({0: "style_batch", 2: "style_height", 3: "style_width"}
                          if _is_adain(plain) else {0: "batch"})
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         # The TorchScript-based exporter needs no onnxscript and gives standard ops.
         torch.onnx.export(plain, inputs, path, input_names=names,
                           output_names=["output"], opset_version=opset,
@@ -91,7 +104,7 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
     plain = _plain_model(model)
     path = os.fspath(path)
     inputs, _ = _inputs(plain, example_size)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(plain, inputs, check_trace=False)
     traced.save(path)
     return path

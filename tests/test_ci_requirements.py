@@ -13,7 +13,8 @@ from .conftest import CI, foreign_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # requirements-dev.txt names whose import name differs.
-IMPORT_NAMES = {"pillow": "PIL", "pypng": "png", "pytest-benchmark": "pytest_benchmark"}
+IMPORT_NAMES = {"pillow": "PIL", "pypng": "png", "pytest-benchmark": "pytest_benchmark",
+                "opencv-python-headless": "cv2", "scikit-image": "skimage"}
 
 
 def _require(ok: bool, what: str) -> None:

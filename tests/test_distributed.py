@@ -10,12 +10,11 @@ import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from stylize_fast.training.data import synthetic_images, synthetic_style
 from stylize_fast.training.trainer import TrainConfig, train
 
-from .train_helpers import free_port
+from .train_helpers import free_port, train_on_ranks
 
 
 def _config(root, output, **kw) -> TrainConfig:
@@ -25,17 +24,6 @@ def _config(root, output, **kw) -> TrainConfig:
                 log_every=1, progress=False, style_layers="relu1_2,relu2_2")
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _rank_worker(rank: int, world: int, port: int, root: str, output: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    from pathlib import Path
-
-    result = train(_config(Path(root), output))
-    torch.save({k: v.clone() for k, v in result.model.state_dict().items()},
-               os.path.join(root, f"rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +36,7 @@ def root(tmp_path_factory):
 
 def test_two_cpu_ranks_stay_identical_and_match_single_process(root):
     out = root / "ddp_run"
-    mp.spawn(_rank_worker, args=(2, free_port(), str(root), str(out)), nprocs=2, join=True)
-    r0 = torch.load(root / "rank0.pt", weights_only=True)
-    r1 = torch.load(root / "rank1.pt", weights_only=True)
+    r0, r1 = train_on_ranks(_config(root, out), root / "ranks")
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
     # only rank 0 writes: one checkpoint, one model, samples; no stray per-rank files

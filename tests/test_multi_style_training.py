@@ -8,7 +8,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import stylize_fast as sf
 from stylize_fast.cli import main as cli_main
@@ -17,7 +16,7 @@ from stylize_fast.training.losses import PerceptualLoss, loss_config
 from stylize_fast.training.styles import draw_style_indices
 from stylize_fast.training.trainer import TrainConfig, train
 
-from .train_helpers import assert_same_state, free_port, tiny_config
+from .train_helpers import assert_same_state, tiny_config, train_on_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -173,23 +172,12 @@ def _ddp_config(root, output, **kw) -> TrainConfig:
     return tiny_config({"data": str(root / "data"), "style": _styles(root)}, output, **options)
 
 
-def _rank_worker(rank: int, world: int, port: int, root: str, output: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    result = train(_ddp_config(root, output))
-    torch.save({k: v.clone() for k, v in result.model.state_dict().items()},
-               os.path.join(output, f"rank{rank}.pt"))
-
-
 def test_multi_style_ddp_ranks_agree_and_match_one_process(root):
     import json
 
     out = root / "ddp"
     out.mkdir()
-    mp.spawn(_rank_worker, args=(2, free_port(), str(root), str(out)), nprocs=2, join=True)
-    r0 = torch.load(out / "rank0.pt", weights_only=True)
-    r1 = torch.load(out / "rank1.pt", weights_only=True)
+    r0, r1 = train_on_ranks(_ddp_config(root, out), root / "ddp_ranks")
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
     # 2 ranks x batch 1 draw the samples and the styles of 1 process x batch 2.

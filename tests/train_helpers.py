@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import torch
+import torch.multiprocessing as mp
 
-from stylize_fast.training.trainer import TrainConfig
+from stylize_fast.training.trainer import TrainConfig, train
 
 
 def tiny_config(images: dict, output, **overrides) -> TrainConfig:
@@ -32,3 +34,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _train_rank(rank: int, world: int, port: int, config: TrainConfig, results: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    result = train(config)
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()},
+               os.path.join(results, f"rank{rank}.pt"))
+
+
+def train_on_ranks(config: TrainConfig, results, world: int = 2) -> list[dict]:
+    """Run ``train(config)`` on ``world`` gloo ranks (processes on 127.0.0.1, one thread each)
+    and return each rank's final state dict (saved into the folder ``results``, which must not
+    be ``config.output``: that folder's contents are checked by the tests)."""
+    os.makedirs(results, exist_ok=True)
+    mp.spawn(_train_rank, args=(world, free_port(), config, str(results)), nprocs=world,
+             join=True)
+    return [torch.load(os.path.join(results, f"rank{r}.pt"), weights_only=True)
+            for r in range(world)]

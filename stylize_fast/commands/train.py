@@ -11,21 +11,9 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import non_negative_float, non_negative_int, positive_int
+
 HELP = "train a feed-forward style-transfer generator (resumable, AMP, DDP under torchrun)"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,17 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="johnson / texture: a feed-forward generator for the --style "
                              "image(s); adain: a decoder for any style (--style-data)")
     parser.add_argument("--norm", choices=("batch", "instance", "fused"), default="fused")
-    parser.add_argument("--iterations", type=_positive_int, default=40000, metavar="N")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="B",
+    parser.add_argument("--iterations", type=positive_int, default=40000, metavar="N")
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
                         help="images per step (per rank under torchrun)")
-    parser.add_argument("--image-size", type=_positive_int, default=256, metavar="S",
+    parser.add_argument("--image-size", type=positive_int, default=256, metavar="S",
                         help="training crop size (short side resized to S, random SxS crop)")
-    parser.add_argument("--style-size", type=_positive_int, default=None, metavar="S",
+    parser.add_argument("--style-size", type=positive_int, default=None, metavar="S",
                         help="short side of the style image (default: --image-size)")
     parser.add_argument("--vgg-weights", default=None, metavar="FILE|random",
                         help="torchvision-format VGG weights; default: torch hub cache, else "
                              "download; 'random' = untrained network (smoke tests only)")
-    parser.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="N")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N")
     parser.add_argument("--resume", action="store_true",
                         help="continue exactly from --output/checkpoint.pth")
     parser.add_argument("--seed", type=int, default=42, metavar="N")
@@ -74,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="e.g. relu2_2 (overrides the preset)")
     parser.add_argument("--style-layers", default=None, metavar="L,L,...",
                         help="e.g. relu1_2,relu2_2,relu3_3,relu4_3 (overrides the preset)")
-    parser.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                         help="data-loader worker processes that decode, resize and crop ahead of "
                              "the step (default: 2, at most the CPU count - 1). A data set whose "
                              "decoded images fit STYLIZE_FAST_TRAIN_CACHE_MB (default 1024; 0: "
@@ -88,11 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train in the channels_last memory format (batch, weights, "
                              "activations); default: on for --norm fused, whose kernels are "
                              "channels_last-native; a resumed run keeps its checkpoint's choice")
-    parser.add_argument("--sample-every", type=_positive_int, default=500, metavar="N")
-    parser.add_argument("--log-every", type=_positive_int, default=50, metavar="N")
+    parser.add_argument("--sample-every", type=positive_int, default=500, metavar="N")
+    parser.add_argument("--log-every", type=positive_int, default=50, metavar="N")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--stop-at", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--temporal-weight", type=non_negative_float, default=0.0, metavar="W",
+                        help="temporal consistency for video (default 0: off): each batch also "
+                             "trains on a synthetic next frame of known motion, penalising "
+                             "output changes beyond the input's luminance change (ReCoNet loss, "
+                             "no flow network); 30 is a good start (docs/temporal.md)")
+    parser.add_argument("--stop-at", type=positive_int, default=None, metavar="N",
                         help="stop after iteration N with a checkpoint, as if interrupted")
 
 
@@ -117,7 +110,7 @@ def config_from_args(args: argparse.Namespace):
         style_layers=args.style_layers, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, sample_every=args.sample_every,
         log_every=args.log_every, device=args.device, progress=not args.no_progress,
-        stop_at=args.stop_at)
+        stop_at=args.stop_at, temporal_weight=args.temporal_weight)
 
 
 def adain_config_from_args(args: argparse.Namespace):
@@ -128,6 +121,9 @@ def adain_config_from_args(args: argparse.Namespace):
     if args.style or args.add_style or args.model:
         raise ValueError("--arch adain takes its styles from --style-data; --style, "
                          "--add-style and --model are for the generators")
+    if args.temporal_weight:
+        raise ValueError("--temporal-weight trains the generators (--arch johnson / texture); "
+                         "--arch adain does not support it")
     return AdaINTrainConfig(
         data=args.data, style_data=args.style_data, output=args.output,
         iterations=args.iterations, batch_size=args.batch_size, image_size=args.image_size,

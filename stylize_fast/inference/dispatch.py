@@ -16,7 +16,7 @@ import torch
 
 from .image_io import ImageReadError, LoadedImage, image_size, read_image, write_image
 from .progress import progress_bar
-from .video import VIDEO_EXTENSIONS, FrameStylizer, stylize_video
+from .video import FrameStylizer, StreamOptions, is_stream_input, stylize_video
 
 
 class FileStylizer(FrameStylizer, Protocol):
@@ -47,15 +47,18 @@ class RunStats:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def stylize_files(stylizer: FileStylizer, jobs: Sequence[tuple[str, str]]) -> RunStats:
+def stylize_files(stylizer: FileStylizer, jobs: Sequence[tuple[str, str]],
+                  stream: StreamOptions | None = None) -> RunStats:
     """Stylise image and video files: ``jobs`` is ``[(input, output), ...]``.
 
     Images of the same size (after EXIF orientation) are batched ``stylizer.batch_size`` at a
-    time; unreadable inputs are skipped with a warning and listed in ``RunStats.failed``."""
+    time; unreadable inputs are skipped with a warning and listed in ``RunStats.failed``.
+    Videos and other frame streams (``stream``: raw frames, image sequences, live sources) run
+    through the overlapped pipeline of :func:`~stylize_fast.inference.video.stylize_video`."""
     stats = RunStats()
     start = time.perf_counter()
-    images = [(s, d) for s, d in jobs if os.path.splitext(s)[1].lower() not in VIDEO_EXTENSIONS]
-    videos = [(s, d) for s, d in jobs if os.path.splitext(s)[1].lower() in VIDEO_EXTENSIONS]
+    images = [(s, d) for s, d in jobs if not is_stream_input(s, stream)]
+    videos = [(s, d) for s, d in jobs if is_stream_input(s, stream)]
     groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
     for src, dst in images:
         try:
@@ -73,7 +76,7 @@ def stylize_files(stylizer: FileStylizer, jobs: Sequence[tuple[str, str]]) -> Ru
             bar.close()
     for src, dst in videos:
         try:
-            stats.frames += stylize_video(stylizer, src, dst)
+            stats.frames += stylize_video(stylizer, src, dst, stream)
             stats.outputs.append(dst)
         except (ValueError, OSError) as exc:
             _skip(stats, src, exc)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._atomic import atomic_path
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                     ".pnm", ".gif")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -195,17 +197,25 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
                 bit_depth: int = 8, grayscale: bool = False) -> None:
     """Write ``rgb`` ``(H, W, 3)`` (float, 0-255; clipped and rounded) with optional ``alpha``
     ``(H, W)`` in 0-1. ``grayscale`` writes the luminance only; ``bit_depth=16`` keeps 16 bits
-    for PNG (other formats get 8). Formats without alpha (JPEG, BMP) drop it with a warning."""
+    for PNG (other formats get 8). Formats without alpha (JPEG, BMP) drop it with a warning.
+    The file appears complete or not at all (``stylize_fast._atomic``): an interrupted run never
+    leaves a truncated image that a re-run would take for done."""
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        _write_image(tmp, os.path.splitext(path)[1].lower(), rgb, alpha, bit_depth, grayscale,
+                     shown=path)
+
+
+def _write_image(path: str, ext: str, rgb: np.ndarray, alpha: np.ndarray | None,
+                 bit_depth: int, grayscale: bool, shown: str) -> None:
     from PIL import Image
 
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
     rgb = np.asarray(rgb, dtype=np.float32)
     if grayscale:
         rgb = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     if alpha is not None and ext in (".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm"):
-        warnings.warn(f"{path}: format has no alpha channel; alpha dropped", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"{shown}: format has no alpha channel; alpha dropped", RuntimeWarning,
+                      stacklevel=3)
         alpha = None
     if bit_depth == 16 and ext == ".png":
         channels = [np.clip(rgb, 0, 255) * (65535 / 255)]

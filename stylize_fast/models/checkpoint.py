@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._atomic import atomic_torch_save
 from .adain import AdaINNet
 from .johnson import JohnsonNet
 from .texture import TextureNet
@@ -83,33 +83,7 @@ def save(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> None:
         "versions": {"stylize_fast": str(__version__), "torch": str(torch.__version__)},
         "metadata": _plain(metadata),
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    # Make the rename itself durable.
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    atomic_torch_save(checkpoint, path)
 
 
 def _describe(obj: Any) -> str:

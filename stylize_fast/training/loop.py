@@ -22,7 +22,8 @@ import torch
 from . import distributed as ddp
 
 DATA_WAIT_SMOOTHING = 0.1  # weight of the newest iteration in the progress bar's data fraction
-SHOWN_TERMS = ("content", "style", "tv", "total")  # loss terms on the progress bar, if present
+# loss terms on the progress bar, if present
+SHOWN_TERMS = ("content", "style", "tv", "temporal", "total")
 
 
 class StopFlag:

@@ -14,6 +14,12 @@ copy to the device); the progress bar shows the smoothed fraction of step time s
 (``data=3%``), and every log / history entry holds ``data_seconds`` and ``data_fraction`` (over
 the iterations since the previous log line). A data set that fits ``train_cache_mb``
 (``STYLIZE_FAST_TRAIN_CACHE_MB``, 1024 by default) is decoded once, before the workers start.
+
+``temporal_weight > 0`` (``--temporal-weight``) adds the temporal term of ``temporal.py``: each
+batch ``x`` gets synthetic next frames ``x'`` (known motion, drawn from (seed, iteration, global
+position), so resume and DDP stay exact), the generator runs once on ``[x, x']``, the perceptual
+loss judges ``g(x)`` and the temporal loss compares ``g(x')`` with ``g(x)`` warped. With 0 the
+step is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import atomic_torch_save
 from . import distributed as ddp
 from .data import ContentImages, DecodedImages, ResumableBatchSampler, find_images, load_style
 from .loop import LoopSchedule, run_loop, say, wait_summary
@@ -46,6 +53,7 @@ from .styles import (
     thumbnail,
     train_only_new_rows,
 )
+from .temporal import random_motion, sample_seeds, temporal_loss
 
 CHECKPOINT_NAME = "checkpoint.pth"
 FINAL_NAME = "model.pth"
@@ -61,7 +69,9 @@ DEFAULT_CACHE_MB = 1024  # train_cache_mb when unset
 # Fields that define the sequence of updates: a resumed run must agree on all of them.
 _RUN_DEFINING = ("arch", "norm", "iterations", "batch_size", "image_size", "style_size", "seed",
                  "preset", "lr", "lr_schedule", "content_weight", "style_weight", "tv_weight",
-                 "content_layers", "style_layers", "amp", "channels_last", "vgg_weights")
+                 "content_layers", "style_layers", "amp", "channels_last", "vgg_weights",
+                 "temporal_weight")
+_RUN_DEFAULTS = {"temporal_weight": 0.0}  # their values in checkpoints that predate them
 
 
 @dataclass
@@ -105,6 +115,7 @@ class TrainConfig:
     stop_at: int | None = None  # stop (with a checkpoint) after this iteration, as if killed
     add_style: str | None = None  # a style image to add to the trained model `model`
     model: str | None = None  # the model file --add-style extends
+    temporal_weight: float = 0.0  # --temporal-weight: synthetic-motion temporal loss (temporal.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.style, (list, tuple)):
@@ -147,6 +158,12 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
         if self.amp not in (None, "auto", "bfloat16", "float16"):
             raise ValueError(f"--amp must be auto, bfloat16 or float16, got {self.amp!r}")
+        if (isinstance(self.temporal_weight, bool)
+                or not isinstance(self.temporal_weight, (int, float))
+                or not math.isfinite(self.temporal_weight) or self.temporal_weight < 0):
+            raise ValueError(f"--temporal-weight must be a finite number >= 0, got "
+                             f"{self.temporal_weight!r}")
+        self.temporal_weight = float(self.temporal_weight)
         if self.stop_at is not None and not 0 < self.stop_at <= self.iterations:
             raise ValueError(f"stop_at must be in 1..iterations, got {self.stop_at}")
         self.content_layers = parse_layers(self.content_layers)
@@ -210,27 +227,9 @@ def save_final_model(model: nn.Module, path: str, meta: dict) -> None:
 
 
 def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: a crash at
-    any point leaves either the previous file or the new one, never a torn one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself (POSIX)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """``torch.save`` so that a crash at any point leaves either the previous file or the new
+    one, never a torn one (``stylize_fast._atomic``, the package's one way to write a file)."""
+    atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -415,6 +414,7 @@ def _log(message: str, info: ddp.DistInfo) -> None:
 def _check_resume_config(saved: dict, config: TrainConfig, world_size: int, saved_world: int,
                          path: str) -> None:
     current = config.to_dict()
+    saved = {**_RUN_DEFAULTS, **saved}  # checkpoints written before a field existed
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in _RUN_DEFINING
              if saved.get(k) != current[k]]
     def style_count(cfg: dict) -> int:
@@ -588,9 +588,36 @@ def _train(config, model, on_iteration, device, info) -> TrainResult:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
+    def temporal_terms(batch: torch.Tensor, iteration: int) -> dict[str, torch.Tensor]:
+        # One generator pass over [x, x'] (2B images): the perceptual loss judges the first
+        # half (exactly the images of the W=0 path), the temporal loss compares the halves.
+        # Batch norm normalises with the statistics of all 2B images (x' is x moved by a few
+        # pixels, so they are close to those of the B images alone).
+        n = batch.shape[0]
+        motion = random_motion(batch, sample_seeds(config.seed, iteration, info.rank, n))
+        both = torch.cat([batch, motion.next])
+        if config.channels_last:
+            both = both.contiguous(memory_format=torch.channels_last)
+        if new_style is not None:  # every sample trains the added style
+            index = torch.full((n,), new_style, device=device)
+        elif num_styles > 1:
+            index = draw_style_indices(config.seed, iteration, info.rank, n, num_styles,
+                                       info.world_size).to(device)
+        else:
+            index = None
+        output = train_model(both) if index is None else train_model(both, index.repeat(2))
+        # with --add-style the loss holds only the new style's targets: no index
+        terms = loss_fn(output[:n], batch, index if new_style is None else None)
+        temporal = config.temporal_weight * temporal_loss(
+            output[:n], output[n:], batch, motion.next, motion.flow, motion.mask)
+        terms = {k: v for k, v in terms.items() if k != "total"}
+        return {**terms, "temporal": temporal, "total": sum(terms.values()) + temporal}
+
     def update(batch: torch.Tensor, iteration: int) -> tuple[dict[str, float], float]:
         with autocast_context(device, amp):
-            if new_style is not None:  # every sample trains the added style
+            if config.temporal_weight > 0:
+                terms = temporal_terms(batch, iteration)
+            elif new_style is not None:  # every sample trains the added style
                 output = train_model(batch, torch.full((batch.shape[0],), new_style,
                                                        device=device))
                 terms = loss_fn(output, batch)
