@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
 
+from .. import _atomic
 from .image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 STDIO = "-"
@@ -156,8 +156,9 @@ class RawWriter:
 
 
 def temporary_name(folder: str, final_name: str, suffix: str = "") -> str:
-    """A new hidden name in ``folder`` for a file or folder that becomes ``final_name``."""
-    return os.path.join(folder, f".{final_name}.partial-{secrets.token_hex(4)}{suffix}")
+    """A new hidden name in ``folder`` for a file or folder that becomes ``final_name +
+    suffix`` (the suffix, e.g. an extension, is kept): ``stylize_fast._atomic``'s naming."""
+    return _atomic.temporary_name(os.path.join(folder, final_name + suffix))
 
 
 class FrameFolderWriter:
