@@ -50,6 +50,25 @@ TORCH_LIBRARY(stylize_fast, m) {
       "int[2] padding, int padding_mode, bool[3] output_mask, Tensor? output=None, "
       "int activation=0, int upsample=1) -> (Tensor grad_input, Tensor grad_weight, "
       "Tensor grad_bias)");
+  // Normalize-on-load convolution (stylize_fast/ops/norm_conv.py has the full contract):
+  //   out = act(conv2d(pad(up(act_in(input * scale[n, c] + shift[n, c])))) + bias + residual)
+  // scale / shift: (N, C) in the statistics dtype, or both absent (a plain convolution); zero
+  // padding pads the normalised tensor (stays 0). input_activation: 0 none, 1 relu, 2
+  // leaky_relu (negative_slope); activation: 0 none, 1 relu (after the residual). upsample:
+  // nearest, stride 1 only. stats_eps >= 0: mean and rstd = 1 / sqrt(var + stats_eps) of out
+  // ((N, O), statistics dtype, biased variance), else both (0,).
+  m.def(
+      "norm_conv2d_fwd(Tensor input, Tensor? scale, Tensor? shift, int input_activation, "
+      "float negative_slope, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int padding_mode, int activation, int upsample, Tensor? residual, float stats_eps) -> "
+      "(Tensor output, Tensor mean, Tensor rstd)");
+  // The instance norm from known per-(n, c) scale / shift (the norm_conv2d map) plus an optional
+  // residual of the input's shape: out = act(input * scale + shift) + residual (CPU).
+  m.def(
+      "instance_norm_apply(Tensor input, Tensor scale, Tensor shift, int activation, "
+      "float negative_slope, Tensor? residual) -> Tensor");
+  // Instance-norm statistics alone (one read): mean and rstd = 1 / sqrt(var + eps), (N, C).
+  m.def("instance_norm_stats(Tensor input, float eps) -> (Tensor mean, Tensor rstd)");
   // The Gram matrix of channels-last bfloat16 features in float32 (the style loss under bfloat16
   // autocast; CPU): gram_bf16(F) = F F^T (N, C, C); gram_bf16_backward(M, F) = M^T F in F's
   // dtype and layout (csrc/cpu/gram_cpu.cpp, stylize_fast/ops/gram.py).

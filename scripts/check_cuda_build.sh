@@ -8,7 +8,8 @@
 #   scripts/check_cuda_build.sh --emulate [REPORT_DIR]
 #
 # --emulate runs the device code instead, on the CPU: `python -m tests.cuda_emulation` compiles
-# csrc/cuda/instance_norm_kernels.cu and padded_conv_kernels.cu with the host compiler against
+# csrc/cuda/instance_norm_kernels.cu and padded_conv_kernels.cu (the padded conv, and its forward
+# with the normalize-on-load flag for norm_conv2d) with the host compiler against
 # tests/cuda_emulation/cuda_host_emulation.h (blocks in sequence, their threads as OS threads,
 # __syncthreads / __syncthreads_or / __shfl_down_sync emulated) with the system python's CPU
 # torch, and compares every schedule, layout, dtype, forward and backward with the float64

@@ -23,6 +23,9 @@ Variable                           Option                Values (unset: the auto
 ``STYLIZE_FAST_NO_MALLOC_TUNING``  ``no_malloc_tuning``  ``0`` / ``1`` (also false/true, no/yes, off/on):
                                                          inference (``Stylizer``) keeps glibc malloc's
                                                          defaults
+``STYLIZE_FAST_NO_NORM_ON_LOAD``   ``no_norm_on_load``   ``0`` / ``1``: fused generators run each instance
+                                                         norm as its own layer instead of normalising as
+                                                         the next convolution loads (for comparison)
 ``STYLIZE_FAST_BENCH_THREADS``     ``bench_threads``     unset or a positive integer: torch threads in a
                                                          benchmark worker process
 ``STYLIZE_FAST_TRAIN_CACHE_MB``    ``train_cache_mb``    unset (1024) or an integer >= 0: training keeps
@@ -133,6 +136,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "auto", cpp=True),
     Option("winograd_block", "STYLIZE_FAST_WINOGRAD_BLOCK", _integer(1), None, cpp=True),
     Option("no_malloc_tuning", "STYLIZE_FAST_NO_MALLOC_TUNING", _flag, False),
+    Option("no_norm_on_load", "STYLIZE_FAST_NO_NORM_ON_LOAD", _flag, False),
     Option("bench_threads", "STYLIZE_FAST_BENCH_THREADS", _integer(1), None),
     Option("train_cache_mb", "STYLIZE_FAST_TRAIN_CACHE_MB", _integer(0), None),
     Option("large", "STYLIZE_FAST_LARGE", _flag, False),

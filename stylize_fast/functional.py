@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .ops import instance_norm as _instance_norm
+from .ops import norm_conv as _norm_conv
 from .ops import padded_conv as _padded_conv
 
 
@@ -55,6 +56,12 @@ def padded_conv2d(
     CPU Winograd kernel's input read (see ``stylize_fast.ops.padded_conv.padded_conv2d``)."""
     return _padded_conv.padded_conv2d(input, weight, bias, stride, padding, padding_mode,
                                       activation, upsample)
+
+
+# Normalize-on-load: the convolution that applies the previous layer's instance norm (+ affine,
+# activation, upsampling, padding) as it reads its raw input, and the statistics it consumes.
+norm_conv2d = _norm_conv.norm_conv2d
+instance_norm_stats = _norm_conv.instance_norm_stats
 
 
 # --------------------------------------------------------------------------------------------

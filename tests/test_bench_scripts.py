@@ -106,3 +106,31 @@ def test_compare_builds_times_both_trees(tmp_path):
         assert float(row["baseline_ratio"]) > 0 and float(row["candidate_ratio"]) > 0
     bad = _run("compare_builds.py", str(tmp_path))
     assert bad.returncode != 0 and "baseline tree" in bad.stderr and "no stylize_fast" in bad.stderr
+
+
+@pytest.mark.skipif(not sf.backends.available()["cpu"], reason="C++ extension not built")
+def test_norm_on_load_script_tiny(tmp_path):
+    out = tmp_path / "nol.csv"
+    result = _run("bench_norm_on_load.py", "--size", "32", "--repeats", "1", "--threads", "1",
+                  "--csv", str(out), "--no-plot")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert all(r["status"] == "ok" for r in rows)
+    edges = [r for r in rows if r["op"] == "norm_on_load edge"]
+    assert len(edges) == 5 * 3 and {r["provider"] for r in edges} == {
+        "per-layer", "norm-on-load", "norm-on-load + stats"}
+    model = {r["provider"]: r for r in rows if r["op"] == "generator"}
+    assert set(model) == {"fused (normalize-on-load)", "fused per-layer norm", "eager float32"}
+    assert float(model["eager float32"]["ratio_to_baseline"]) == 1.0
+
+
+def test_bytes_moved_model():
+    from stylize_fast.bench import bytes_moved
+
+    rows = bytes_moved.table(512)
+    assert len(rows) == 15  # JohnsonNet's norms: in1-in5 and two per residual block
+    for r in rows:
+        assert r["norm_on_load"] < r["fused"] <= r["eager"], r
+    total = {k: sum(r[k] for r in rows) for k in ("eager", "fused", "norm_on_load")}
+    assert total["norm_on_load"] / total["fused"] < 0.6
+    assert "| **total** |" in bytes_moved.markdown(512)

@@ -32,13 +32,14 @@ CASES = {
     "winograd_block": (["1", "12", "96"], [1, 12, 96], ["0", "-6", "12x", "many"]),
     "no_malloc_tuning": (["1", "0", "true", "off", "Yes"], [True, False, True, False, True],
                          ["2", "maybe"]),
+    "no_norm_on_load": (["1", "0", "on"], [True, False, True], ["2", "never"]),
     "bench_threads": (["1", "16"], [1, 16], ["0", "-2", "four"]),
     "train_cache_mb": (["0", "1024", " 64 "], [0, 1024, 64], ["-1", "1g", "lots"]),
     "large": (["1", "0", "on"], [True, False, True], ["large", "10"]),
 }
 UNSET = {"backend": "auto", "cpu_isa": None, "cpu_stream_bytes": None, "conv_algo": "auto",
          "winograd_block": None, "no_malloc_tuning": False, "bench_threads": None, "large": False,
-         "train_cache_mb": None}
+         "train_cache_mb": None, "no_norm_on_load": False}
 
 
 def test_every_option_has_cases_and_a_documented_row():

@@ -41,6 +41,7 @@
 #include <torch/library.h>
 
 #include "config.h"
+#include "cpu/instance_norm_cpu.h"
 #include "cpu/cpu_isa.h"
 
 #include <algorithm>
@@ -455,11 +456,12 @@ void check_scalars(const char* fn, double eps, int64_t activation) {
 // ---------------------------------------------------------------------------------------------
 // Ops
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
-    const at::Tensor& input, const c10::optional<at::Tensor>& weight_opt,
+// The forward; with_output false: the statistics pass alone (instance_norm_stats), the output
+// comes back undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+    const char* fn, const at::Tensor& input, const c10::optional<at::Tensor>& weight_opt,
     const c10::optional<at::Tensor>& bias_opt, double eps, int64_t activation,
-    double negative_slope) {
-  constexpr const char* fn = "instance_norm_fwd (cpu)";
+    double negative_slope, bool with_output) {
   check_input(fn, input);
   check_scalars(fn, eps, activation);
   const at::Tensor weight = check_affine(fn, "weight", weight_opt, input);
@@ -468,7 +470,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
   const int64_t N = input.size(0), C = input.size(1), HW = input.size(2) * input.size(3);
   const auto fmt = input.suggest_memory_format();
   const auto acc = acc_type(input.scalar_type());
-  at::Tensor output = at::empty_like(input, fmt);
+  at::Tensor output = with_output ? at::empty_like(input, fmt) : at::Tensor();
   at::Tensor mean = at::empty({N, C}, input.options().dtype(acc));
   at::Tensor rstd = at::empty({N, C}, input.options().dtype(acc));
   if (N * C == 0) return {output, mean, rstd};
@@ -489,12 +491,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
   const at::Tensor weight_k = P ? expand_periodic(weight, C, P) : weight;
   const at::Tensor bias_k = P ? expand_periodic(bias, C, P) : bias;
 
-  FwdJob job{g, dtype, int(activation), negative_slope, x.const_data_ptr(), output.data_ptr(),
+  FwdJob job{g, dtype, int(activation), negative_slope, x.const_data_ptr(),
+             with_output ? output.data_ptr() : nullptr,
              mean_k.data_ptr(), rstd_k.data_ptr(),
              weight_k.defined() ? weight_k.const_data_ptr() : nullptr,
              bias_k.defined() ? bias_k.const_data_ptr() : nullptr,
              weight.defined() && weight.dim() == 2, bias.defined() && bias.dim() == 2,
-             seg_mean.data(), seg_m2.data(), use_streaming(output, g, /*forward=*/true)};
+             seg_mean.data(), seg_m2.data(),
+             with_output && use_streaming(output, g, /*forward=*/true)};
   const KernelTable& k = kernels();
   std::function<void(index_t, index_t)> stats = [&](index_t t0, index_t t1) {
     k.fwd_stats(job, t0, t1);
@@ -506,8 +510,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
     if (acc == at::kDouble) fwd_finalize<double>(job, u, eps, P ? C : 0, mean.data_ptr(), rstd.data_ptr());
     else fwd_finalize<float>(job, u, eps, P ? C : 0, mean.data_ptr(), rstd.data_ptr());
   };
-  run_schedule(g, g.HW * g.block * int64_t(input.element_size()), stats, finalize, &apply);
+  run_schedule(g, g.HW * g.block * int64_t(input.element_size()), stats, finalize,
+               with_output ? &apply : nullptr);
   return {output, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight_opt,
+    const c10::optional<at::Tensor>& bias_opt, double eps, int64_t activation,
+    double negative_slope) {
+  return forward("instance_norm_fwd (cpu)", input, weight_opt, bias_opt, eps, activation,
+                 negative_slope, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd(
@@ -613,10 +626,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd(
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> instance_norm_stats(const at::Tensor& input, double eps) {
+  TORCH_CHECK(eps >= 0, "instance_norm_stats (cpu): eps must be >= 0, got ", eps);
+  auto result = forward("instance_norm_stats (cpu)", input, c10::nullopt, c10::nullopt, eps, 0,
+                        0.0, false);
+  return {std::get<1>(result), std::get<2>(result)};
+}
+
 }  // namespace instance_norm_cpu
 }  // namespace stylize_fast
 
 TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
+  m.impl("instance_norm_stats", &stylize_fast::instance_norm_cpu::instance_norm_stats);
   m.impl("instance_norm_fwd", &stylize_fast::instance_norm_cpu::instance_norm_fwd);
   m.impl("instance_norm_bwd", &stylize_fast::instance_norm_cpu::instance_norm_bwd);
 }

@@ -356,6 +356,16 @@ std::string padded_conv2d_cpu_algorithm(at::IntArrayRef input_size, at::IntArray
 
 }  // namespace
 
+Geometry check_conv_args(const char* fn, const at::Tensor& input, const at::Tensor& weight,
+                         const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, int64_t mode, int64_t up) {
+  return check_args(fn, input, weight, bias, stride, padding, mode, up);
+}
+
+Algorithm forward_algorithm(const Geometry& g, at::ScalarType dtype) {
+  return algorithm_for(g, dtype);
+}
+
 TORCH_LIBRARY_IMPL(stylize_fast, CPU, m) {
   m.impl("padded_conv2d_fwd", &padded_conv2d_fwd_cpu);
   m.impl("padded_conv2d_bwd", &padded_conv2d_bwd_cpu);

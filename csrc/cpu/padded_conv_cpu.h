@@ -21,6 +21,7 @@
 #include <array>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 
 namespace stylize_fast {
 namespace padded_conv_cpu {
@@ -66,6 +67,41 @@ inline int64_t source_index(int64_t i, int64_t pad, int64_t size, int64_t mode, 
 // The forward algorithms; padded_conv2d_fwd_cpu picks one per call (algorithm_for).
 enum class Algorithm { kLibrary, kDirect, kWinograd };
 
+// Argument checks of the padded convolution (its public op and norm_conv2d's) and the geometry
+// they imply (upsampled sizes when up > 1); the forward algorithm for a geometry.
+Geometry check_conv_args(const char* fn, const at::Tensor& input, const at::Tensor& weight,
+                         const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, int64_t mode, int64_t up = 1);
+Algorithm forward_algorithm(const Geometry& g, at::ScalarType dtype);
+
+// Normalize-on-load (norm_conv2d, csrc/cpu/norm_conv_cpu.cpp): the kernels read every input
+// pixel x (reflect / replicate padding included) as act(x * scale[n, c] + shift[n, c]), in
+// float32; zero padding stays 0 (it pads the normalised tensor). scale == nullptr: none.
+struct LoadNorm {
+  const float* scale = nullptr;  // (N, C) contiguous
+  const float* shift = nullptr;
+  int64_t activation = 0;        // 0 none, 1 relu, 2 leaky_relu
+  float slope = 0.01f;
+  bool active() const { return scale != nullptr; }
+  float apply(float x, int64_t nc) const {
+    const float v = x * scale[nc] + shift[nc];
+    // As torch.relu / leaky_relu: NaN passes through.
+    return activation == 1 ? (v < 0.f ? 0.f : v) : activation == 2 ? (v < 0.f ? v * slope : v) : v;
+  }
+};
+
+// Winograd's epilogue extras (norm_conv2d): a residual added before the activation, and the
+// per-(n, o) statistics of the stored outputs. Statistics are gathered per piece of work
+// (shifted sums in float32 around the piece's first output) and merged per image in piece order
+// with Chan's formula in float64: deterministic whatever thread ran which piece.
+struct Epilogue {
+  const void* residual = nullptr;  // the output's dtype and shape, strides rs
+  int64_t rs[4] = {0, 0, 0, 0};
+  bool stats = false;
+  double eps = 0.0;
+  at::Tensor mean, rstd;  // outputs with stats: (N, O) float32
+};
+
 // The library algorithm (padded_conv_cpu_library.cpp). library_fwd: the whole forward, output
 // in the input's suggested memory format. library_bwd_zero_padded: at::convolution_backward
 // with zero padding for the gradients in mask (bias: the sum of gy). fix_backward_border adds
@@ -90,12 +126,15 @@ at::ScalarType acc_type_of(at::ScalarType t);
 // Direct kernel (padded_conv_cpu_direct.cpp): whether it handles this geometry and dtype and
 // beats the library there (measured rule, see the file).
 bool direct_applies(const Geometry& g, at::ScalarType dtype);
+// Whether it can run the layer at all (stride 1 or 2, at most 256 outputs, rows that fit):
+// norm_conv2d runs it where the library would need the padded normalised input built first.
+bool direct_supports(const Geometry& g, at::ScalarType dtype);
 // out: (N, O, HO, WO), preallocated in the input's suggested memory format; every element is
 // written. bias may be undefined. activation (kNoActivation / kRelu) is applied as outputs are
 // stored.
 void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                 const Geometry& g, int64_t mode, at::Tensor& out,
-                int64_t activation = kNoActivation);
+                int64_t activation = kNoActivation, const LoadNorm& norm = LoadNorm());
 
 // Winograd F(4x4, 3x3) (padded_conv_cpu_winograd.cpp), same contract; winograd_applies says
 // whether it can run (3x3, stride 1, float32 / bfloat16), winograd_pays whether it beats the
@@ -104,9 +143,12 @@ bool winograd_applies(const Geometry& g, at::ScalarType dtype);
 // folded_upsample: the layer's input is upsampled in the read (the forward's g.up > 1, or the
 // input gradient of such a layer, whose own geometry has up = 1).
 bool winograd_pays(const Geometry& g, at::ScalarType dtype, bool folded_upsample = false);
+// With norm / epi (norm_conv2d): the input read through the norm, the epilogue's residual
+// and statistics (epi->mean, epi->rstd filled when epi->stats).
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, at::Tensor& out,
-                  int64_t activation = kNoActivation);
+                  int64_t activation = kNoActivation, const LoadNorm& norm = LoadNorm(),
+                  Epilogue* epi = nullptr);
 // The backward's zero-padded input gradient (d = input_grad_geometry(g)): winograd_fwd of
 // grad_output with the transposed, flipped weight, read in place from weight (O, C, 3, 3).
 // Whether a and b (same sizes) address their elements alike: equal strides wherever a size is

@@ -85,6 +85,7 @@ struct Job {
   bool stream;             // write the output around the caches (non-temporal stores)
   bool lanes;              // output channels in vector lanes (channels_last output)
   bool relu;               // max(0, .) on the outputs as they are stored
+  LoadNorm norm;           // normalize-on-load (norm_conv2d): applied to each packed row
 };
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -157,11 +158,15 @@ constexpr int64_t kLanesMinOut = 16;
 
 // Where the library keeps up (measured, 2 threads on an AVX-512 machine, Zen 4; the figures are
 // in docs/benchmarks.md), the layer stays with it.
-bool direct_applies(const Geometry& g, at::ScalarType dtype) {
+bool direct_supports(const Geometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
   if (g.sh != g.sw || (g.sh != 1 && g.sh != 2)) return false;  // stride 1 or 2
   if (g.o < 1 || g.o > kMaxOut) return false;
-  if (g.c * g.kh * packed_row_stride(g) * int64_t(sizeof(float)) > kMaxRingBytes) return false;
+  return g.c * g.kh * packed_row_stride(g) * int64_t(sizeof(float)) <= kMaxRingBytes;
+}
+
+bool direct_applies(const Geometry& g, at::ScalarType dtype) {
+  if (!direct_supports(g, dtype)) return false;
   const bool half = dtype == at::kHalf;  // the library's float16 runs far slower
   // A 1x1 convolution of channels_last input is one GEMM for the library, mostly faster.
   if (g.channels_last && g.kh * g.kw == 1 && !half) return false;
@@ -185,8 +190,9 @@ bool direct_applies(const Geometry& g, at::ScalarType dtype) {
 }
 
 void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
-  TORCH_CHECK(direct_applies(g, input.scalar_type()), "padded_conv2d direct kernel: layer not "
+                const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation,
+                const LoadNorm& norm) {
+  TORCH_CHECK(direct_supports(g, input.scalar_type()), "padded_conv2d direct kernel: layer not "
               "handled (", g.o, " output channels, stride ", g.sh, "x", g.sw, ", dtype ",
               input.scalar_type(), ")");
   if (out.numel() == 0) return;
@@ -250,6 +256,7 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
   job.stream = kernel.stream && out.numel() * int64_t(out.element_size()) >= kStreamBytes;
   job.lanes = lanes;
   job.relu = activation == kRelu;
+  job.norm = norm;
 
   // Each task re-packs the rows of its first output row's window: give it enough output rows
   // that this is a fraction, and enough work to pay for the parallel region.

@@ -177,13 +177,48 @@ void pack_row(const Job& j, int64_t n, int64_t r, float* dst, int64_t cstride) {
   }
 }
 
+// Normalize-on-load: a packed real row's values become act(x * scale + shift), channel by
+// channel, while the row is in L1; zero-padding columns stay 0. The image columns are one
+// contiguous run at stride 1 (vectors); padding columns and stride-2 planes go one by one.
+void normalize_row(const Job& j, int64_t n, float* dst, int64_t cstride) {
+  const Geometry& g = j.g;
+  const int64_t qa = std::min(g.pw, j.wread);
+  const int64_t qb = std::max(qa, std::min(g.pw + g.w, j.wread));
+  const int64_t act = j.norm.activation;
+  const float slope = j.norm.slope;
+  for (int64_t c = 0; c < g.c; ++c) {
+    float* d = dst + c * cstride;
+    const int64_t nc = n * g.c + c;
+    auto one = [&](int64_t q) {
+      if (j.src_col[q] >= 0) d[slot_of(j, q)] = j.norm.apply(d[slot_of(j, q)], nc);
+    };
+    if (g.sw != 1) {
+      for (int64_t q = 0; q < j.wread; ++q) one(q);
+      continue;
+    }
+    for (int64_t q = 0; q < qa; ++q) one(q);
+    for (int64_t q = qb; q < j.wread; ++q) one(q);
+    const VF sc = vset1(j.norm.scale[nc]), sh = vset1(j.norm.shift[nc]);
+    int64_t q = qa;
+    for (; q + kLanes <= qb; q += kLanes) {
+      VF v = vload(d + q) * sc + sh;
+      if (act == 1) v = max0(v);
+      else if (act == 2) v = v < VF{} ? v * slope : v;
+      vstore(d + q, v);
+    }
+    for (; q < qb; ++q) one(q);
+  }
+}
+
 // Padded row r of sample n into its ring slot (channel c at dst + c * cstride).
 void pack_slot(const Job& j, int64_t n, int64_t r, float* dst, int64_t cstride) {
   switch (j.dtype) {
-    case DType::kFloat: return pack_row<float>(j, n, r, dst, cstride);
-    case DType::kBFloat16: return pack_row<c10::BFloat16>(j, n, r, dst, cstride);
-    case DType::kHalf: return pack_row<c10::Half>(j, n, r, dst, cstride);
+    case DType::kFloat: pack_row<float>(j, n, r, dst, cstride); break;
+    case DType::kBFloat16: pack_row<c10::BFloat16>(j, n, r, dst, cstride); break;
+    case DType::kHalf: pack_row<c10::Half>(j, n, r, dst, cstride); break;
   }
+  if (j.norm.active() && source_index(r, j.g.ph, j.g.h, j.mode) >= 0)
+    normalize_row(j, n, dst, cstride);
 }
 
 // ---------------------------------------------------------------------------------------------

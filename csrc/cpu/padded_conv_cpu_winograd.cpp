@@ -28,6 +28,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -67,6 +68,19 @@ struct WinogradJob {
   // Input gradient of a conv + ReLU: the forward's output, with x's strides (channels-last
   // input only); x is read as 0 where it is not > 0 (relu's backward fused into the load).
   const void* gate;
+  // Normalize-on-load (norm_conv2d): per-(n, c) scale / shift padded to [N][Cpad] (zero past C,
+  // so padded channels stay 0), read as act(x * scale + shift); nullptr: none.
+  const float* nscale;
+  const float* nshift;
+  int64_t nact;            // 0 none, 1 relu, 2 leaky_relu
+  float nslope;
+  // Epilogue (norm_conv2d): residual added before the activation (the output's dtype, strides
+  // rs), and statistics partials: piece p at partials + p * partial_floats holds {count, image,
+  // K[Opad], sum (v - K)[Opad], sum (v - K)^2[Opad]}.
+  const void* residual;
+  int64_t rs[4];
+  float* partials;
+  int64_t partial_floats;
 };
 
 struct KernelTable {
@@ -167,10 +181,47 @@ bool winograd_pays(const Geometry& g, at::ScalarType dtype, bool folded_upsample
 
 namespace {
 
+// The statistics partials of a run merged per image, in piece order (Chan et al.'s pairwise
+// update in float64), into mean and rstd = 1 / sqrt(var + eps), (N, O) float32.
+void merge_stats(const WinogradJob& j, const std::vector<float>& partials, const Geometry& g,
+                 double eps, at::Tensor& mean, at::Tensor& rstd) {
+  mean = at::empty({g.n, g.o}, at::kFloat);
+  rstd = at::empty({g.n, g.o}, at::kFloat);
+  std::vector<double> count(g.n, 0.0), m(g.n * g.o, 0.0), m2(g.n * g.o, 0.0);
+  const int64_t pieces = static_cast<int64_t>(partials.size()) / j.partial_floats;
+  for (int64_t p = 0; p < pieces; ++p) {
+    const float* part = partials.data() + p * j.partial_floats;
+    const double nb = part[0];
+    if (nb == 0) continue;
+    const int64_t n = static_cast<int64_t>(part[1]);
+    const float* k = part + 2;
+    const float* s1 = k + j.Opad;
+    const float* s2 = s1 + j.Opad;
+    const double na = count[n], total = na + nb;
+    for (int64_t o = 0; o < g.o; ++o) {
+      // The piece's own mean and centred sum of squares from its shifted sums.
+      const double mb = double(k[o]) + double(s1[o]) / nb;
+      const double m2b = std::max(0.0, double(s2[o]) - double(s1[o]) * double(s1[o]) / nb);
+      double& ma = m[n * g.o + o];
+      const double delta = mb - ma;
+      ma += delta * nb / total;
+      m2[n * g.o + o] += m2b + delta * delta * na * nb / total;
+    }
+    count[n] = total;
+  }
+  float* mp = mean.data_ptr<float>();
+  float* rp = rstd.data_ptr<float>();
+  for (int64_t i = 0; i < g.n * g.o; ++i) {
+    mp[i] = static_cast<float>(m[i]);
+    rp[i] = static_cast<float>(1.0 / std::sqrt(m2[i] / count[i / g.o] + eps));
+  }
+}
+
 // winograd_fwd, the weight's taps read flipped with flip_taps.
 void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                   const Geometry& g, int64_t mode, bool flip_taps, int64_t activation,
-                  at::Tensor& out, const at::Tensor& gate = at::Tensor(), int64_t pool = 1) {
+                  at::Tensor& out, const at::Tensor& gate = at::Tensor(), int64_t pool = 1,
+                  const LoadNorm& norm = LoadNorm(), Epilogue* epi = nullptr) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && weight.scalar_type() == dtype &&
                   out.scalar_type() == dtype,
@@ -230,6 +281,37 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
     j.gate = gate.const_data_ptr();
   }
 
+  // Normalize-on-load: scale / shift padded to Cpad channels per image.
+  std::vector<float> nscale, nshift;
+  if (norm.active()) {
+    TORCH_CHECK(!gate.defined() && pool == 1, "winograd: normalize-on-load is a forward feature");
+    nscale.assign(g.n * j.Cpad, 0.0f);
+    nshift.assign(g.n * j.Cpad, 0.0f);
+    for (int64_t n = 0; n < g.n; ++n)
+      for (int64_t c = 0; c < g.c; ++c) {
+        nscale[n * j.Cpad + c] = norm.scale[n * g.c + c];
+        nshift[n * j.Cpad + c] = norm.shift[n * g.c + c];
+      }
+    j.nscale = nscale.data();
+    j.nshift = nshift.data();
+    j.nact = norm.activation;
+    j.nslope = norm.slope;
+  }
+  std::vector<float> partials;
+  if (epi != nullptr) {
+    TORCH_CHECK(!gate.defined() && pool == 1, "winograd: the epilogue is a forward feature");
+    if (epi->residual != nullptr) {
+      j.residual = epi->residual;
+      for (int d = 0; d < 4; ++d) j.rs[d] = epi->rs[d];
+    }
+    if (epi->stats) {
+      j.partial_floats = 2 + 3 * j.Opad;
+      const int64_t pieces = j.pack ? g.n * j.blocks : j.blocks + g.n;
+      partials.assign(pieces * j.partial_floats, 0.0f);  // count 0: a piece never run
+      j.partials = partials.data();
+    }
+  }
+
   std::vector<float> bias_padded;
   if (bias.defined()) {
     bias_padded.assign(j.Opad, 0.0f);
@@ -244,13 +326,15 @@ void winograd_run(const at::Tensor& input, const at::Tensor& weight, const at::T
   at::parallel_for(0, j.Cpad, 8, [&](int64_t b, int64_t e) { weights(j, b, e); });
   at::parallel_for(0, j.pack ? g.n * j.blocks : j.blocks, 1,
                    [&](int64_t b, int64_t e) { blocks(j, b, e); });
+  if (j.partials != nullptr) merge_stats(j, partials, g, epi->eps, epi->mean, epi->rstd);
 }
 
 }  // namespace
 
 void winograd_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                  const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation) {
-  winograd_run(input, weight, bias, g, mode, false, activation, out);
+                  const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation,
+                  const LoadNorm& norm, Epilogue* epi) {
+  winograd_run(input, weight, bias, g, mode, false, activation, out, at::Tensor(), 1, norm, epi);
 }
 
 bool same_strides(const at::Tensor& a, const at::Tensor& b) {

@@ -125,6 +125,21 @@ void weight_transform(const WinogradJob& j, int64_t c_begin, int64_t c_end) {
   if (j.stream_u) stream_fence();  // before other threads' GEMMs read U
 }
 
+// The norm's activation on a normalised value (normalize-on-load), scalar and vector; as
+// torch.relu / leaky_relu (NaN passes through).
+inline float norm_value(const WinogradJob& j, float v) {
+  return j.nact == 1 ? (v < 0.f ? 0.f : v) : j.nact == 2 ? (v < 0.f ? v * j.nslope : v) : v;
+}
+inline vf norm_vector(const WinogradJob& j, const vf& x, const vf& scale, const vf& shift) {
+  const vf v = x * scale + shift;
+  if (j.nact == 1) return by_pieces<vf>([](auto p) { return max0(p); }, v);
+  if (j.nact == 2) {
+    const float slope = j.nslope;
+    return by_pieces<vf>([slope](auto p) { return p < decltype(p){} ? p * slope : p; }, v);
+  }
+  return v;
+}
+
 // Channels not contiguous (NCHW): the 6 padded input rows of a block's tiles (one tile row,
 // columns [q0, q0 + ncols)) packed channels-last into P[i][k][c], c < Cpad (zeros past C), so
 // the transform reads whole channel vectors. Read along rows, written with stride Cpad inside a
@@ -143,6 +158,14 @@ void pack_rows(const WinogradJob& j, int64_t n, int64_t r0, int64_t q0, int64_t 
         continue;
       }
       const T* src = xn + c * j.xs[1] + r * j.xs[2];
+      if (j.nscale != nullptr) {  // normalize-on-load: real pixels only, zero padding stays 0
+        const float sc = j.nscale[n * j.Cpad + c], sh = j.nshift[n * j.Cpad + c];
+        for (int64_t k = 0; k < ncols; ++k) {
+          const int64_t q = j.col_src[q0 + k];
+          dst[k * j.Cpad] = q < 0 ? 0.0f : norm_value(j, to_float(src[q * j.xs[3]]) * sc + sh);
+        }
+        continue;
+      }
       for (int64_t k = 0; k < ncols; ++k) {
         const int64_t q = j.col_src[q0 + k];
         dst[k * j.Cpad] = q < 0 ? 0.0f : to_float(src[q * j.xs[3]]);
@@ -211,6 +234,10 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
     }
     for (int64_t c0 = 0; c0 < j.Cpad; c0 += kLanes) {
       const bool full = channels_contiguous && c0 + kLanes <= j.C;
+      // Normalize-on-load (never with P, whose rows pack_rows normalised already).
+      const bool norm = j.nscale != nullptr && P == nullptr;
+      const vf nsc = norm ? vload(j.nscale + n * j.Cpad + c0) : vf{};
+      const vf nsh = norm ? vload(j.nshift + n * j.Cpad + c0) : vf{};
       vf d[6][6];
       for (int i = 0; i < 6; ++i)
         for (int k = 0; k < 6; ++k) {
@@ -220,6 +247,7 @@ void input_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t c
             d[i][k] = vf{};
           } else {
             d[i][k] = gather16(rows[i] + cols[k], c0, j.C, j.xs[1], full);
+            if (norm) d[i][k] = norm_vector(j, d[i][k], nsc, nsh);
             if (gn != nullptr) {  // relu's backward: the gradient where the output was > 0
               const vf gate = gather16(gn + (rows[i] - xn) + cols[k], c0, j.C, j.xs[1], full);
               d[i][k] = by_pieces<vf>(
@@ -291,10 +319,16 @@ void gemm(const WinogradJob& j, const float* V, float* M, int64_t rows) {
 // (max(0, .) of it with j.relu). With j.pool > 1 (2 or 4: the input gradient of a folded
 // upsampling) each pool x pool block of a tile is summed and stored as one pixel of y, which
 // holds (HO / pool, WO / pool): blocks never straddle tiles, whose origins are multiples of 4.
+//
+// Epilogue extras (norm_conv2d): the residual is added before the activation; with `part` (a
+// statistics partial, layout in WinogradJob) the stored values' count and shifted sums around
+// K (the piece's first output, so the sums stay small against the spread) are accumulated.
 template <typename T>
 void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t count,
-                      const float* M) {
+                      const float* M, float* part = nullptr) {
   T* yn = static_cast<T*>(j.y) + n * j.ys[0];
+  const T* rn = j.residual == nullptr ? nullptr : static_cast<const T*>(j.residual) + n * j.rs[0];
+  const bool residual_contiguous = j.rs[1] == 1;
   const bool channels_contiguous = j.ys[1] == 1;
   for (int64_t tb = 0; tb < count; ++tb) {
     const int64_t t = t_begin + tb;
@@ -333,15 +367,34 @@ void output_transform(const WinogradJob& j, int64_t n, int64_t t_begin, int64_t 
             store(yn + (y0 / j.pool + a) * j.ys[2] + (x0 / j.pool + b) * j.ys[3], sum[a][b]);
         continue;
       }
+      vf k{}, s1{}, s2{};
+      if (part != nullptr) {
+        s1 = vload(part + 2 + j.Opad + o0);
+        s2 = vload(part + 2 + 2 * j.Opad + o0);
+      }
       for (int a = 0; a < rows; ++a) {
         vf out[4];
         at6(tmp[a], out);
         T* prow = yn + (y0 + a) * j.ys[2];
         for (int b = 0; b < cols; ++b) {
           vf value = out[b] + bias;
+          if (rn != nullptr)
+            value += gather16(rn + (y0 + a) * j.rs[2] + (x0 + b) * j.rs[3], o0, j.O, j.rs[1],
+                              residual_contiguous && o0 + kLanes <= j.O);
           if (j.relu) value = by_pieces<vf>([](auto piece) { return max0(piece); }, value);
           store(prow + (x0 + b) * j.ys[3], value);
+          if (part != nullptr) {
+            if (tb == 0 && a == 0 && b == 0) vstore(part + 2 + o0, value);  // the shift K
+            if (a == 0 && b == 0) k = vload(part + 2 + o0);
+            const vf dv = value - k;
+            s1 += dv;
+            s2 += dv * dv;
+          }
         }
+      }
+      if (part != nullptr) {
+        vstore(part + 2 + j.Opad + o0, s1);
+        vstore(part + 2 + 2 * j.Opad + o0, s2);
       }
     }
   }
@@ -390,7 +443,23 @@ void run_blocks(const WinogradJob& j, int64_t begin, int64_t end) {
     gemm(j, V, M, rows);
     int64_t done = 0;
     for (const Piece& p : pieces) {
-      output_transform<T>(j, p.n, p.t_begin, p.count, M + done * j.Opad);
+      // Statistics partial of this piece: packed blocks are per image (piece = block); a
+      // channels-last block's pieces are its images, and block + image numbers them in order.
+      float* part = nullptr;
+      if (j.partials != nullptr) {
+        part = j.partials + (j.pack ? b : b + p.n) * j.partial_floats;
+        std::memset(part, 0, sizeof(float) * j.partial_floats);
+        part[1] = static_cast<float>(p.n);
+      }
+      output_transform<T>(j, p.n, p.t_begin, p.count, M + done * j.Opad, part);
+      if (part != nullptr) {
+        int64_t stored = 0;  // outputs the piece stored (tiles clipped at the edges)
+        for (int64_t t = p.t_begin; t < p.t_begin + p.count; ++t) {
+          const int64_t ty = (t / j.tiles_w) * 4, tx = (t % j.tiles_w) * 4;
+          stored += std::min<int64_t>(4, j.HO - ty) * std::min<int64_t>(4, j.WO - tx);
+        }
+        part[0] = static_cast<float>(stored);
+      }
       done += p.count;
     }
   }

@@ -1,4 +1,5 @@
-// Device code of the fused padded convolution: forward, input gradient, weight gradient.
+// Device code of the fused padded convolution: forward, input gradient, weight gradient; the
+// forward's normalize-on-load variant (norm_conv2d_fwd) and the merge of its output statistics.
 // No torch headers; the interface and the algorithm are described in padded_conv_kernels.h.
 //
 // Each kernel is a shared-memory implicit GEMM: per K step of 16, every thread gathers 4 A and
@@ -98,10 +99,90 @@ __device__ __forceinline__ void mma_tile(const A (&As)[kTileK][kTileM],
   }
 }
 
-template <typename T>
+// The normalize-on-load map of one loaded element of channel ci (scale_n / shift_n: the
+// row's image; nullptr: none). NaN passes both activations, as torch's.
+template <typename A>
+__device__ __forceinline__ A normalize_on_load(A v, const A* __restrict__ scale_n,
+                                               const A* __restrict__ shift_n, int ci, int act,
+                                               A slope) {
+  if (scale_n == nullptr) return v;
+  v = fma(v, scale_n[ci], shift_n[ci]);
+  if (act == 1) return v < A(0) ? A(0) : v;
+  if (act == 2) return v < A(0) ? v * slope : v;
+  return v;
+}
+
+// Per-tile statistics of the norm conv's outputs (acc: this thread's stored values, rows
+// ty + 16 i, columns tx + 16 j of the tile). For each image whose rows the tile holds (a tile
+// straddles images where oh * ow is not a multiple of 64): its count, its mean and the sum of
+// squared deviations from that mean (two passes over registers, so centred within the tile),
+// per column, into slot blockIdx.x + image. As / Bs (free after the main loop) hold the 16
+// per-thread partials of each column; every thread adds them in the same order, so the block
+// agrees bitwise.
+template <typename A>
+__device__ __forceinline__ void tile_stats(const A (&acc)[4][4], A (&As)[kTileK][kTileM],
+                                           A (&Bs)[kTileK][kTileN], const ConvShape& s,
+                                           Moments<A>* __restrict__ partial, int m0, int co0,
+                                           int tx, int ty) {
+  const int M = static_cast<int>(s.n * s.oh * s.ow), HW = static_cast<int>(s.oh * s.ow);
+  const int m_end = min(m0 + kTileM, M);
+  const int c_out = static_cast<int>(s.c_out);
+  const int img_last = (m_end - 1) / HW;
+  for (int img = m0 / HW; img <= img_last; ++img) {  // block-uniform bounds
+    const int lo = max(m0, img * HW) - m0, hi = min(m_end, img * HW + HW) - m0;
+    const A count = A(hi - lo);
+    A mean[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      A sum = A(0);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = ty + 16 * i;
+        if (r >= lo && r < hi) sum += acc[i][j];
+      }
+      As[ty][tx + 16 * j] = sum;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      A sum = As[0][tx + 16 * j];
+#pragma unroll
+      for (int t = 1; t < 16; ++t) sum += As[t][tx + 16 * j];
+      mean[j] = sum / count;
+      A m2 = A(0);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = ty + 16 * i;
+        const A d = acc[i][j] - mean[j];
+        if (r >= lo && r < hi) m2 = fma(d, d, m2);
+      }
+      Bs[ty][tx + 16 * j] = m2;
+    }
+    // The next image's As writes come after this barrier, its Bs writes after the next one: no
+    // third barrier needed.
+    __syncthreads();
+    if (ty == 0) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int co = co0 + tx + 16 * j;
+        if (co >= c_out) continue;
+        A m2 = Bs[0][tx + 16 * j];
+#pragma unroll
+        for (int t = 1; t < 16; ++t) m2 += Bs[t][tx + 16 * j];
+        store_moments(partial + static_cast<int64_t>(blockIdx.x + img) * c_out + co,
+                      Moments<A>{count, mean[j], m2});
+      }
+    }
+  }
+}
+
+// kNorm: the normalize-on-load variant (norm_conv2d_fwd, NormArgs a); the plain instance ignores
+// `a` and compiles to the plain forward.
+template <typename T, bool kNorm>
 __global__ void __launch_bounds__(kThreads)
     padded_conv_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                           const T* __restrict__ bias, T* __restrict__ y, const ConvShape s) {
+                           const T* __restrict__ bias, T* __restrict__ y, const ConvShape s,
+                           const NormArgs a) {
   using A = acc_t<T>;
   __shared__ A As[kTileK][kTileM];
   __shared__ A Bs[kTileK][kTileN];
@@ -124,6 +205,17 @@ __global__ void __launch_bounds__(kThreads)
   const T* w_co = w + (col_ok ? co : 0) * s.w_stride[0];
   const int c_in = static_cast<int>(s.c_in);
   const int up = s.up > 1 ? s.up : 1;
+  // kNorm: the row's image's scale / shift (nullptr: no norm).
+  const A* scale_n = nullptr;
+  const A* shift_n = nullptr;
+  A slope = A(0);
+  if constexpr (kNorm) {
+    if (a.scale != nullptr) {
+      scale_n = static_cast<const A*>(a.scale) + n * s.c_in;
+      shift_n = static_cast<const A*>(a.shift) + n * s.c_in;
+    }
+    slope = static_cast<A>(a.negative_slope);
+  }
 
   A acc[4][4];
 #pragma unroll
@@ -142,9 +234,13 @@ __global__ void __launch_bounds__(kThreads)
         if (row_ok) {
           const int ih = source_index(ih0 + kh, static_cast<int>(s.h), s.mode);
           const int iw = source_index(iw0 + kw, static_cast<int>(s.w), s.mode);
-          if (ih >= 0 && iw >= 0)
+          if (ih >= 0 && iw >= 0) {
             av = to_acc(x_n[ci * s.x_stride[1] + ih / up * s.x_stride[2] +
                             iw / up * s.x_stride[3]]);
+            // Real pixels only: zero padding pads the normalised tensor.
+            if constexpr (kNorm)
+              av = normalize_on_load(av, scale_n, shift_n, ci, a.input_activation, slope);
+          }
         }
         if (col_ok)
           bv = to_acc(w_co[ci * s.w_stride[1] + kh * s.w_stride[2] + kw * s.w_stride[3]]);
@@ -165,16 +261,59 @@ __global__ void __launch_bounds__(kThreads)
     const int ohi = (mi / static_cast<int>(s.ow)) % static_cast<int>(s.oh);
     const int64_t ni = mi / static_cast<int>(s.ow * s.oh);
     T* y_pix = y + ni * s.y_stride[0] + ohi * s.y_stride[2] + owi * s.y_stride[3];
+    const T* r_pix = nullptr;
+    if constexpr (kNorm) {
+      if (a.residual != nullptr)
+        r_pix = static_cast<const T*>(a.residual) + ni * a.r_stride[0] + ohi * a.r_stride[2] +
+                owi * a.r_stride[3];
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int coj = co0 + tx + 16 * j;
       if (coj >= s.c_out) continue;
       const A b = bias != nullptr ? to_acc(bias[coj]) : A(0);
       A v = acc[i][j] + b;
+      if constexpr (kNorm) {
+        if (r_pix != nullptr) v += to_acc(r_pix[coj * a.r_stride[1]]);
+      }
       if (s.activation == 1) v = v < A(0) ? A(0) : v;  // relu; NaN passes, as torch.relu
-      y_pix[coj * s.y_stride[1]] = Cast<T>::from(v);
+      const T stored = Cast<T>::from(v);
+      y_pix[coj * s.y_stride[1]] = stored;
+      // The statistics are those of the stored (rounded) output, what the next layer reads.
+      if constexpr (kNorm) acc[i][j] = to_acc(stored);
     }
   }
+  if constexpr (kNorm) {
+    if (a.stats_partial != nullptr)  // block-uniform: the barriers inside are safe
+      tile_stats(acc, As, Bs, s, static_cast<Moments<A>*>(a.stats_partial), m0, co0, tx, ty);
+  }
+}
+
+// Merges the partials of one (image, output channel) per thread, tiles in order, in float64
+// with the k-way form of Chan et al.'s formula, as norm_conv_triton.py's host merge:
+// mean = sum(n_t mean_t) / n, M2 = sum(M2_t) + sum(n_t (mean_t - mean)^2);
+// rstd = 1 / sqrt(M2 / n + eps), rounded once to the statistics dtype.
+template <typename A>
+__global__ void __launch_bounds__(kThreads)
+    norm_conv_stats_kernel(const Moments<A>* __restrict__ partial, A* __restrict__ mean,
+                           A* __restrict__ rstd, int images, int c_out, int hw, double eps) {
+  const int idx = blockIdx.x * kThreads + threadIdx.x;
+  if (idx >= images * c_out) return;
+  const int img = idx / c_out, co = idx - img * c_out;
+  const int t_first = img * hw / kTileM, t_last = (img * hw + hw - 1) / kTileM;
+  const Moments<A>* first = partial + static_cast<int64_t>(t_first + img) * c_out + co;
+  const Moments<A>* end = first + static_cast<int64_t>(t_last - t_first + 1) * c_out;
+  double sum = 0.0;
+  for (const Moments<A>* p = first; p != end; p += c_out)
+    sum += static_cast<double>(p->n) * static_cast<double>(p->mean);
+  const double mu = sum / hw;
+  double m2 = 0.0;
+  for (const Moments<A>* p = first; p != end; p += c_out) {
+    const double d = static_cast<double>(p->mean) - mu;
+    m2 += static_cast<double>(p->m2) + static_cast<double>(p->n) * d * d;
+  }
+  mean[idx] = static_cast<A>(mu);
+  rstd[idx] = static_cast<A>(rsqrt_acc(m2 / hw + eps));
 }
 
 // kUp: the folded upsampling factor, 1 (none), 2 (the generators' x2, a constant) or 0 (any,
@@ -380,9 +519,30 @@ cudaError_t forward_typed(const ConvShape& s, const void* x, const void* w, cons
                           void* y, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(s.n * s.oh * s.ow, kTileM)),
                   static_cast<unsigned>(ceil_div(s.c_out, kTileN)));
-  padded_conv_fwd_kernel<T><<<grid, kThreads, 0, stream>>>(
+  padded_conv_fwd_kernel<T, false><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-      static_cast<T*>(y), s);
+      static_cast<T*>(y), s, NormArgs{});
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t norm_forward_typed(const ConvShape& s, const NormArgs& a, const void* x,
+                               const void* w, const void* bias, void* y, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.n * s.oh * s.ow, kTileM)),
+                  static_cast<unsigned>(ceil_div(s.c_out, kTileN)));
+  padded_conv_fwd_kernel<T, true><<<grid, kThreads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+      static_cast<T*>(y), s, a);
+  return cudaGetLastError();
+}
+
+template <typename A>
+cudaError_t norm_stats_typed(const ConvShape& s, const void* partial, double eps, void* mean,
+                             void* rstd, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.n * s.c_out, kThreads)));
+  norm_conv_stats_kernel<A><<<grid, kThreads, 0, stream>>>(
+      static_cast<const Moments<A>*>(partial), static_cast<A*>(mean), static_cast<A*>(rstd),
+      static_cast<int>(s.n), static_cast<int>(s.c_out), static_cast<int>(s.oh * s.ow), eps);
   return cudaGetLastError();
 }
 
@@ -438,6 +598,27 @@ cudaError_t padded_conv2d_forward(DType dtype, const ConvShape& s, const void* x
     case DType::kFloat64: return forward_typed<double>(s, x, w, bias, y, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+int64_t stat_slots(const ConvShape& s) { return ceil_div(s.n * s.oh * s.ow, kTileM) + s.n; }
+
+cudaError_t norm_conv2d_forward(DType dtype, const ConvShape& s, const NormArgs& a,
+                                const void* x, const void* w, const void* bias, void* y,
+                                cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: return norm_forward_typed<float>(s, a, x, w, bias, y, stream);
+    case DType::kFloat16: return norm_forward_typed<__half>(s, a, x, w, bias, y, stream);
+    case DType::kBFloat16: return norm_forward_typed<__nv_bfloat16>(s, a, x, w, bias, y, stream);
+    case DType::kFloat64: return norm_forward_typed<double>(s, a, x, w, bias, y, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t norm_conv2d_stats(DType dtype, const ConvShape& s, const void* stats_partial,
+                              double eps, void* mean, void* rstd, cudaStream_t stream) {
+  if (dtype == DType::kFloat64)
+    return norm_stats_typed<double>(s, stats_partial, eps, mean, rstd, stream);
+  return norm_stats_typed<float>(s, stats_partial, eps, mean, rstd, stream);
 }
 
 cudaError_t padded_conv2d_backward_input(DType dtype, const ConvShape& s, const void* grad_y,

@@ -21,6 +21,15 @@
 //   weight grad  : M = c_out, N = (c_in, kh, kw), K = (n, oh, ow) split into `splits` ranges;
 //                  each block writes its partial, the binding sums them in a fixed order. The
 //                  bias gradient comes from the same grad_output tiles.
+//   norm conv    : the forward with the instance norm of its input applied by the loads
+//                  (norm_conv2d_fwd, NormArgs): a real pixel's element (reflect / replicate
+//                  included) becomes act_in(x * scale[n, c] + shift[n, c]) in the accumulation
+//                  type, zero padding stays 0; the epilogue adds bias, then the residual, then
+//                  relu. Output statistics: each block writes, per image its 64 rows touch and
+//                  per column, the count, mean and M2 of its stored outputs (centred within the
+//                  block); norm_conv2d_stats merges an image's tiles in tile order, in
+//                  float64 (Chan's formula, k-way form). The algorithm of
+//                  stylize_fast/ops/norm_conv_triton.py, whose tiles never straddle images.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -79,6 +88,33 @@ cudaError_t padded_conv2d_backward_weight(DType dtype, const ConvShape& s,
                                           const WeightSplit& split, const void* grad_y,
                                           const void* x, void* weight_partial,
                                           void* bias_partial, cudaStream_t stream);
+
+// The normalize-on-load forward's extra arguments (ConvShape::activation is the output's; its
+// `out` / o_stride are unused). Statistics arrays are in the accumulation type: float, double
+// for kFloat64.
+struct NormArgs {
+  const void* scale = nullptr;  // (n, c_in) contiguous, or nullptr: a plain convolution
+  const void* shift = nullptr;  // (n, c_in) contiguous (with scale)
+  int input_activation = 0;     // 0 none, 1 relu, 2 leaky_relu(negative_slope); needs scale
+  double negative_slope = 0.0;
+  const void* residual = nullptr;  // output's shape and dtype, element strides r_stride; or null
+  int64_t r_stride[4] = {0, 0, 0, 0};
+  // nullptr: no statistics. Else (stat_slots(s), c_out) x {count, mean, m2}: the partial of
+  // tile t (64 output pixels) and image n is slot t + n. A slot where an image starts exactly
+  // at a tile start is never written (and never read).
+  void* stats_partial = nullptr;
+};
+int64_t stat_slots(const ConvShape& s);
+
+// y = act(conv(pad(up(act_in(x * scale + shift)))) + bias + residual); with a.stats_partial,
+// the per-tile partials of y's statistics (merge them with norm_conv2d_stats).
+cudaError_t norm_conv2d_forward(DType dtype, const ConvShape& s, const NormArgs& a,
+                                const void* x, const void* w, const void* bias, void* y,
+                                cudaStream_t stream);
+// mean, rstd = 1 / sqrt(var + eps): (n, c_out) in the accumulation type, biased variance,
+// each from its image's partials merged in tile order in float64 (deterministic, no atomics).
+cudaError_t norm_conv2d_stats(DType dtype, const ConvShape& s, const void* stats_partial,
+                              double eps, void* mean, void* rstd, cudaStream_t stream);
 
 }  // namespace conv
 }  // namespace cuda

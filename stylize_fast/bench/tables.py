@@ -148,6 +148,12 @@ def columns(name: str, rows: list[Row]) -> list[tuple[str, Cell]]:
         cols.append(("F.pad+conv2d ms", _baseline_cell("median_ms", _ms)))
     elif name == "generators":
         cols.append(("fused × eager fp32", _provider_cell("fused")))
+        if any(r["provider"] == "fused per-layer norm" for r in ok):
+            cols.append(("per-layer norm ×", _provider_cell("fused per-layer norm")))
+        if any(r.get("peak_mb") not in (None, "") for r in ok):
+            cols += [("peak MB fused", _provider_cell("fused", "peak_mb", _ms)),
+                     ("peak MB per-layer", _provider_cell("fused per-layer norm", "peak_mb",
+                                                          _ms))]
         cols.append(("eager same dtype ×", lambda g: _provider_cell("instance")(g)
                      if g[0]["dtype"] != "float32" else "1.00"))
         if has("inductor"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn import norm_on_load as nol
+from ..nn.padded_conv import PaddedConv2d
 from .layers import (
     NORMS,
     PADDING_MODES,
@@ -39,6 +41,13 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, style=None) -> torch.Tensor:
         out = self.relu(apply_norm(self.in1, self.conv1(x), style))
         return apply_norm(self.in2, self.conv2(out), style) + x
+
+    def forward_norm_on_load(self, x: torch.Tensor, style=None) -> torch.Tensor:
+        """The same with in1 applied as conv2 loads its input (nn.norm_on_load)."""
+        h, mean, rstd = nol.conv(self.conv1.conv2d, x, stats_eps=self.in1.eps)
+        h, mean, rstd = nol.conv(self.conv2.conv2d, nol.pending(self.in1, h, mean, rstd, style),
+                                 stats_eps=self.in2.eps)
+        return nol.normalize(self.in2, h, mean, rstd, style, residual=x)
 
 
 class JohnsonNet(nn.Module):
@@ -155,7 +164,21 @@ class JohnsonNet(nn.Module):
         y = self._forward(x, selection)
         return y.contiguous(memory_format=out_format)
 
+    def norm_on_load(self) -> bool:
+        """Whether the forward normalises as the next convolution loads (nn.norm_on_load):
+        fused norms and padded convolutions throughout, nearest upsampling, option on, no
+        forward hooks (which need the layers called one by one)."""
+        if self.norm != "fused" or self.options["upsample"] != "nearest" or not nol.enabled() \
+                or nol.hooked(self):
+            return False
+        norms = [m for name, m in self.named_modules() if name.split(".")[-1].startswith("in")]
+        convs = [m for m in self.modules() if isinstance(m, (PaddedConv2d, nn.Conv2d))]
+        return all(nol.norm_supported(m) for m in norms) and all(
+            nol.conv_supported(m) for m in convs)
+
     def _forward(self, x: torch.Tensor, style=None) -> torch.Tensor:
+        if self.norm_on_load():
+            return self._forward_norm_on_load(x, style)
         y = self.relu(apply_norm(self.in1, self.conv1(x), style))
         y = self.relu(apply_norm(self.in2, self.conv2(y), style))
         y = self.relu(apply_norm(self.in3, self.conv3(y), style))
@@ -164,6 +187,27 @@ class JohnsonNet(nn.Module):
         y = self.relu(apply_norm(self.in4, self.deconv1(y), style))
         y = self.relu(apply_norm(self.in5, self.deconv2(y), style))
         y = self.deconv3(y)
+        if self.tanh_scale is not None:
+            y = torch.tanh(y) * self.tanh_scale
+        return y
+
+    def _forward_norm_on_load(self, x: torch.Tensor, style=None) -> torch.Tensor:
+        # No normalised activation is stored except where a residual sum needs it (in3 and
+        # each block's in2): every other norm is applied by the next convolution's loads.
+        h, mean, rstd = nol.conv(self.conv1.conv2d, x, stats_eps=self.in1.eps)
+        h, mean, rstd = nol.conv(self.conv2.conv2d, nol.pending(self.in1, h, mean, rstd, style),
+                                 stats_eps=self.in2.eps)
+        h, mean, rstd = nol.conv(self.conv3.conv2d, nol.pending(self.in2, h, mean, rstd, style),
+                                 stats_eps=self.in3.eps)
+        y = nol.normalize(self.in3, h, mean, rstd, style)
+        for i in range(1, self.num_residual + 1):
+            y = getattr(self, f"res{i}").forward_norm_on_load(y, style)
+        h, mean, rstd = nol.conv(self.deconv1.conv2d, y, stats_eps=self.in4.eps)
+        del y  # not needed past here: the peak is deconv2's input and output alone
+        h, mean, rstd = nol.conv(self.deconv2.conv2d,
+                                 nol.pending(self.in4, h, mean, rstd, style),
+                                 stats_eps=self.in5.eps)
+        y = nol.conv(self.deconv3.conv2d, nol.pending(self.in5, h, mean, rstd, style))
         if self.tanh_scale is not None:
             y = torch.tanh(y) * self.tanh_scale
         return y

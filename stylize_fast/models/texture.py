@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn import norm_on_load as nol
 from .layers import (
     ACTIVATIONS,
     NORMS,
@@ -46,6 +47,16 @@ class ConvBlock(nn.Module):
         x = self.act2(apply_norm(self.norm2, self.conv2(self.pad2(x)), style))
         return self.act3(apply_norm(self.norm3, self.conv3(x), style))
 
+    def forward_norm_on_load(self, x, style=None) -> torch.Tensor:
+        """The same with norm1 and norm2 applied as conv2 and conv3 load their inputs
+        (nn.norm_on_load); ``x`` may itself be a Pending (a join's normalised concatenation)."""
+        h, mean, rstd = nol.conv(self.conv1, x, stats_eps=self.norm1.eps)
+        h, mean, rstd = nol.conv(self.conv2, nol.pending(self.norm1, h, mean, rstd, style),
+                                 stats_eps=self.norm2.eps)
+        h, mean, rstd = nol.conv(self.conv3, nol.pending(self.norm2, h, mean, rstd, style),
+                                 stats_eps=self.norm3.eps)
+        return nol.normalize(self.norm3, h, mean, rstd, style)
+
 
 class Join(nn.Module):
     """Upsample the coarser path x2 (nearest), normalise each input, concatenate channels
@@ -61,6 +72,28 @@ class Join(nn.Module):
         coarse = F.interpolate(coarse, scale_factor=2.0, mode="nearest")
         return torch.cat([apply_norm(self.norm_coarse, coarse, style),
                           apply_norm(self.norm_fine, fine, style)], dim=1)
+
+    def forward_norm_on_load(self, coarse: torch.Tensor, fine: torch.Tensor,
+                             style=None) -> nol.Pending:
+        """The concatenation of the raw inputs (coarse upsampled straight into its slice) with
+        both norms pending for the next convolution's loads. Nearest x2 upsampling repeats every
+        pixel four times, so the upsampled tensor's statistics are the coarse one's."""
+        n, cc, h, w = coarse.shape
+        cf = fine.shape[1]
+        fmt = torch.channels_last if fine.is_contiguous(
+            memory_format=torch.channels_last) and not fine.is_contiguous() else \
+            torch.contiguous_format
+        raw = torch.empty((n, cc + cf, 2 * h, 2 * w), dtype=fine.dtype, device=fine.device,
+                          memory_format=fmt)
+        raw[:, :cc].unflatten(2, (h, 2)).unflatten(4, (w, 2)).copy_(
+            coarse[:, :, :, None, :, None].expand(n, cc, h, 2, w, 2))
+        raw[:, cc:].copy_(fine)
+        parts = []
+        for norm, t in ((self.norm_coarse, coarse), (self.norm_fine, fine)):
+            mean, rstd = nol.stats(t, norm.eps)
+            parts.append(nol.pending(norm, t, mean, rstd, style))
+        return nol.Pending(raw, torch.cat([parts[0].scale, parts[1].scale], 1),
+                           torch.cat([parts[0].shift, parts[1].shift], 1), 0, 0.01)
 
 
 class TextureNet(nn.Module):
@@ -173,6 +206,17 @@ class TextureNet(nn.Module):
         return self._forward(x, noise, compute_format, selection).contiguous(
             memory_format=out_format)
 
+    def norm_on_load(self) -> bool:
+        """Whether the forward normalises as the next convolution loads (nn.norm_on_load):
+        fused norms and supported convolutions throughout, option on, no forward hooks."""
+        if self.norm != "fused" or not nol.enabled() or nol.hooked(self):
+            return False
+        norms = [m for name, m in self.named_modules() if name.split(".")[-1].startswith("norm")]
+        convs = [m for name, m in self.named_modules()
+                 if name.split(".")[-1].startswith("conv") and name != "final"]
+        return all(nol.norm_supported(m) for m in norms) and all(
+            nol.conv_supported(m) for m in convs)
+
     def _forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None,
                  compute_format: torch.memory_format, style=None) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -190,6 +234,7 @@ class TextureNet(nn.Module):
             # Replicate works for any size (reflect needs pad < side); crop back at the end.
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         path = x
+        use_nol = not tracing and self.norm_on_load()
         for k in range(self.num_scales):
             factor = 2 ** (self.num_scales - 1 - k)
             z = F.avg_pool2d(x, factor) if factor > 1 else x
@@ -201,6 +246,11 @@ class TextureNet(nn.Module):
                                        dtype=z.dtype, device=z.device)
                 # cat of mixed layouts gives NCHW: keep the computing layout.
                 z = torch.cat([z, extra.to(z)], dim=1).contiguous(memory_format=compute_format)
+            if use_nol:
+                z = self.branches[k].forward_norm_on_load(z, style)
+                path = z if k == 0 else self.merges[k - 1].forward_norm_on_load(
+                    self.joins[k - 1].forward_norm_on_load(path, z, style), style)
+                continue
             z = self.branches[k](z, style)
             if k == 0:
                 path = z

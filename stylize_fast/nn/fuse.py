@@ -112,7 +112,10 @@ def fuse_instance_norm(model: nn.Module) -> None:
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return a model whose outputs match ``model``'s, with instance norms (+ a following ReLU /
-    LeakyReLU) and padding + convolution pairs replaced by stylize_fast's fused layers.
+    LeakyReLU) and padding + convolution pairs replaced by stylize_fast's fused layers, and --
+    where torch.fx can trace the model -- each instance norm that feeds only a convolution
+    applied as that convolution loads its input (normalize-on-load: the model's forward is
+    replaced by its traced form; layers and state_dict keys stay).
 
     Args:
         model: any nn.Module.

@@ -1,6 +1,6 @@
 """Run the CUDA device code on the CPU under the host emulation, against the float64 reference.
 
-    python -m tests.cuda_emulation [--ops instance_norm,padded_conv] [WORK_DIR]
+    python -m tests.cuda_emulation [--ops instance_norm,padded_conv,norm_conv] [WORK_DIR]
 
 Catches indexing, reduction and synchronisation-order bugs; not timing, not the hardware's
 rounding of fast-math intrinsics, not out-of-bounds reads (compute-sanitizer on a GPU does).
@@ -14,9 +14,10 @@ import sys
 import tempfile
 import time
 
-from . import build, run_instance_norm, run_padded_conv
+from . import build, run_instance_norm, run_norm_conv, run_padded_conv
 
-RUNNERS = {"instance_norm": run_instance_norm.run, "padded_conv": run_padded_conv.run}
+RUNNERS = {"instance_norm": run_instance_norm.run, "padded_conv": run_padded_conv.run,
+           "norm_conv": run_norm_conv.run}
 
 
 def main(argv: list[str] | None = None) -> int:

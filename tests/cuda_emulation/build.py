@@ -19,6 +19,8 @@ CUDA_HEADERS = ("cuda_runtime.h", "cuda_runtime_api.h", "cuda_fp16.h", "cuda_bf1
 OPS = {
     "instance_norm": ("instance_norm_kernels.cu", "instance_norm_driver.cpp"),
     "padded_conv": ("padded_conv_kernels.cu", "padded_conv_driver.cpp"),
+    # the padded conv's forward with its normalize-on-load flag on, and the statistics merge
+    "norm_conv": ("padded_conv_kernels.cu", "norm_conv_driver.cpp"),
 }
 
 _LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)<<<(.+?)>>>\((.*?)\);", re.S)
