@@ -156,22 +156,25 @@ def test_statistics_deterministic_and_offset_safe(algorithm):
     """A large common offset (mean 1e3 x the spread) must not cost the variance its digits, and
     the same call gives the same bits whatever the thread count."""
     c, o, k, stride = GEOMETRIES[algorithm]
-    kwargs = _case(c, o, k, stride, n=3, h=40, w=36, residual=True)
-    kwargs["residual"] = kwargs["residual"] + 1000.0
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for t in (1, 2, 1):
-            torch.set_num_threads(t)
-            with sf.config.override(conv_algo=algorithm):
-                results.append(_call("cpu", kwargs, "reflect", stats_eps=1e-5))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(results[0][1], results[2][1]) and torch.equal(results[0][2], results[2][2])
-    expected = _call("reference", _float64(kwargs), "reflect", stats_eps=1e-5)
-    for got in results:
-        assert relative_error(got[1], expected[1]) <= 1e-6
-        assert relative_error(got[2], expected[2]) <= 1e-4, "variance lost to the offset"
+    for offset_in in ("residual", "bias"):  # with a residual: the statistics pass; without:
+        kwargs = _case(c, o, k, stride, n=3, h=40, w=36,  # the kernel's own epilogue
+                       residual=offset_in == "residual")
+        kwargs[offset_in] = kwargs[offset_in] + 1000.0
+        threads = torch.get_num_threads()
+        results = []
+        try:
+            for t in (1, 2, 1):
+                torch.set_num_threads(t)
+                with sf.config.override(conv_algo=algorithm):
+                    results.append(_call("cpu", kwargs, "reflect", stats_eps=1e-5))
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(results[0][1], results[2][1])
+        assert torch.equal(results[0][2], results[2][2])
+        expected = _call("reference", _float64(kwargs), "reflect", stats_eps=1e-5)
+        for got in results:
+            assert relative_error(got[1], expected[1]) <= 1e-6
+            assert relative_error(got[2], expected[2]) <= 1e-4, f"variance lost ({offset_in})"
 
 
 @needs_cpu

@@ -8,33 +8,21 @@
 
 using vf = VecT<float>;
 
-template <typename T>
-SF_ALWAYS_INLINE vf load_values(const T* p) {
-  if constexpr (std::is_same_v<T, float>) return vload(p);
-  else return bf16_to_float<vf>(p);
-}
-
-template <typename T>
-SF_ALWAYS_INLINE void store_values(T* p, const vf& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    vstore(p, v);
-  } else {
-    const auto h = float_to_bf16(v);
-    __builtin_memcpy(p, &h, sizeof(h));
-  }
-}
+constexpr int64_t kLanes = 16;
+// load16 / store16: 16 float32 / bfloat16 values as floats, and back (rounded once).
+#include "cpu/winograd_transforms_kernels.h"
 
 template <typename T, int ACT>
 void apply_run(const T* x, const T* r, T* y, const float* s, const float* t, int64_t n,
                float slope) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    vf v = load_values(x + i) * vload(s + i) + vload(t + i);
+    vf v = load16(x + i) * vload(s + i) + vload(t + i);
     if constexpr (ACT == 1) v = by_pieces<vf>([](auto p) { return max0(p); }, v);
     if constexpr (ACT == 2)
       v = by_pieces<vf>([slope](auto p) { return p < decltype(p){} ? p * slope : p; }, v);
-    if (r != nullptr) v += load_values(r + i);
-    store_values(y + i, v);
+    if (r != nullptr) v += load16(r + i);
+    store16(y + i, v);
   }
   for (; i < n; ++i) {
     float v = static_cast<float>(x[i]) * s[i] + t[i];

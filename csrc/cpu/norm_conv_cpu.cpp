@@ -352,9 +352,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_conv2d_fwd_cpu(
     act_done = residual_done = stats_done = true;
   } else if (algorithm == Algorithm::kDirect && g.up == 1) {
     out = at::empty({g.n, g.o, g.ho, g.wo}, input.options().memory_format(fmt));
-    // The activation comes after the residual: in the kernel's store only without one.
+    // The activation comes after the residual: in the kernel's store only without one; then
+    // the kernel also gathers the statistics, row by row as they are stored.
     act_done = !residual.defined();
-    direct_fwd(input, weight, b, g, mode, out, act_done ? activation : kNoActivation, norm);
+    std::vector<float> row_stats;
+    if (act_done && stats_eps >= 0) row_stats.resize(g.n * g.ho * 3 * g.o);
+    direct_fwd(input, weight, b, g, mode, out, act_done ? activation : kNoActivation, norm,
+               row_stats.empty() ? nullptr : row_stats.data());
+    if (!row_stats.empty()) {
+      merge_row_statistics(row_stats.data(), g, stats_eps, mean, rstd);
+      stats_done = true;
+    }
   } else {
     const at::Tensor z = materialize(input, scale, shift, input_activation, negative_slope, g,
                                      mode);

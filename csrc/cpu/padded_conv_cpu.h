@@ -134,7 +134,12 @@ bool direct_supports(const Geometry& g, at::ScalarType dtype);
 // stored.
 void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                 const Geometry& g, int64_t mode, at::Tensor& out,
-                int64_t activation = kNoActivation, const LoadNorm& norm = LoadNorm());
+                int64_t activation = kNoActivation, const LoadNorm& norm = LoadNorm(),
+                float* row_stats = nullptr);
+// row_stats (norm_conv2d): (N * HO) x 3 O floats, per output row and channel its first stored
+// value K, sum (v - K), sum (v - K)^2 (merged by merge_row_statistics).
+void merge_row_statistics(const float* row_stats, const Geometry& g, double eps,
+                          at::Tensor& mean, at::Tensor& rstd);
 
 // Winograd F(4x4, 3x3) (padded_conv_cpu_winograd.cpp), same contract; winograd_applies says
 // whether it can run (3x3, stride 1, float32 / bfloat16), winograd_pays whether it beats the

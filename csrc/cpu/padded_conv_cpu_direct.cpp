@@ -40,6 +40,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -86,6 +87,7 @@ struct Job {
   bool lanes;              // output channels in vector lanes (channels_last output)
   bool relu;               // max(0, .) on the outputs as they are stored
   LoadNorm norm;           // normalize-on-load (norm_conv2d): applied to each packed row
+  float* row_stats;        // norm_conv2d's epilogue: per output row statistics, or nullptr
 };
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -191,7 +193,7 @@ bool direct_applies(const Geometry& g, at::ScalarType dtype) {
 
 void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                 const Geometry& g, int64_t mode, at::Tensor& out, int64_t activation,
-                const LoadNorm& norm) {
+                const LoadNorm& norm, float* row_stats) {
   TORCH_CHECK(direct_supports(g, input.scalar_type()), "padded_conv2d direct kernel: layer not "
               "handled (", g.o, " output channels, stride ", g.sh, "x", g.sw, ", dtype ",
               input.scalar_type(), ")");
@@ -229,7 +231,7 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
     }
   });
 
-  Job job;
+  Job job{};
   job.g = g;
   job.mode = mode;
   job.dtype = input.scalar_type() == at::kFloat      ? DType::kFloat
@@ -257,6 +259,9 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
   job.lanes = lanes;
   job.relu = activation == kRelu;
   job.norm = norm;
+  job.row_stats = row_stats;
+  // Statistics read each row back right after it is stored: keep it in cache.
+  if (row_stats != nullptr) job.stream = false;
 
   // Each task re-packs the rows of its first output row's window: give it enough output rows
   // that this is a fraction, and enough work to pay for the parallel region.
@@ -266,6 +271,39 @@ void direct_fwd(const at::Tensor& input, const at::Tensor& weight, const at::Ten
   const RowsFn fn = kernel.rows;
   at::parallel_for(0, g.n * g.ho, grain,
                    [&](int64_t begin, int64_t end) { fn(job, begin, end); });
+}
+
+void merge_row_statistics(const float* row_stats, const Geometry& g, double eps,
+                          at::Tensor& mean, at::Tensor& rstd) {
+  mean = at::empty({g.n, g.o}, at::kFloat);
+  rstd = at::empty({g.n, g.o}, at::kFloat);
+  float* mp = mean.data_ptr<float>();
+  float* rp = rstd.data_ptr<float>();
+  const double nb = double(g.wo);
+  std::vector<double> m(g.o), m2(g.o);
+  for (int64_t n = 0; n < g.n; ++n) {
+    std::fill(m.begin(), m.end(), 0.0);
+    std::fill(m2.begin(), m2.end(), 0.0);
+    double count = 0;
+    for (int64_t y = 0; y < g.ho; ++y) {  // rows in order (Chan et al.): deterministic
+      const float* k = row_stats + (n * g.ho + y) * 3 * g.o;
+      const float* s1 = k + g.o;
+      const float* s2 = s1 + g.o;
+      const double total = count + nb;
+      for (int64_t o = 0; o < g.o; ++o) {
+        const double mb = double(k[o]) + double(s1[o]) / nb;
+        const double m2b = std::max(0.0, double(s2[o]) - double(s1[o]) * double(s1[o]) / nb);
+        const double delta = mb - m[o];
+        m[o] += delta * nb / total;
+        m2[o] += m2b + delta * delta * count * nb / total;
+      }
+      count = total;
+    }
+    for (int64_t o = 0; o < g.o; ++o) {
+      mp[n * g.o + o] = float(m[o]);
+      rp[n * g.o + o] = float(1.0 / std::sqrt(m2[o] / count + eps));
+    }
+  }
 }
 
 }  // namespace padded_conv_cpu

@@ -607,6 +607,53 @@ inline void relu_tile(float* t, int64_t count) {
 }
 
 // Output rows [begin, end) of the flattened (n, y) range.
+// Statistics of output row (n, y) as stored (norm_conv2d's epilogue): per channel the row's
+// first value K and the sums of (v - K) and (v - K)^2 in float32, read back while the row is
+// in cache, into j.row_stats[(n * HO + y) * 3 O ...]: K[O], S1[O], S2[O].
+template <typename S>
+void row_statistics(const Job& j, int64_t n, int64_t y) {
+  const Geometry& g = j.g;
+  const S* row = static_cast<const S*>(j.y) + n * j.ys[0] + y * j.ys[2];
+  float* k = j.row_stats + (n * g.ho + y) * 3 * g.o;
+  float* s1 = k + g.o;
+  float* s2 = s1 + g.o;
+  for (int64_t o = 0; o < g.o; ++o) {
+    k[o] = to_float(row[o * j.ys[1]]);
+    s1[o] = 0.f;
+    s2[o] = 0.f;
+  }
+  if (j.ys[1] == 1) {  // channels contiguous: the channel loop vectorises
+    for (int64_t x = 0; x < g.wo; ++x) {
+      const S* px = row + x * j.ys[3];
+      for (int64_t o = 0; o < g.o; ++o) {
+        const float d = to_float(px[o]) - k[o];
+        s1[o] += d;
+        s2[o] += d * d;
+      }
+    }
+    return;
+  }
+  for (int64_t o = 0; o < g.o; ++o) {
+    const S* pc = row + o * j.ys[1];
+    float a = 0.f, b = 0.f;
+    for (int64_t x = 0; x < g.wo; ++x) {
+      const float d = to_float(pc[x * j.ys[3]]) - k[o];
+      a += d;
+      b += d * d;
+    }
+    s1[o] = a;
+    s2[o] = b;
+  }
+}
+
+inline void row_statistics_any(const Job& j, int64_t n, int64_t y) {
+  switch (j.dtype) {
+    case DType::kFloat: return row_statistics<float>(j, n, y);
+    case DType::kBFloat16: return row_statistics<c10::BFloat16>(j, n, y);
+    case DType::kHalf: return row_statistics<c10::Half>(j, n, y);
+  }
+}
+
 void run_rows(const Job& j, int64_t begin, int64_t end) {
   const Geometry& g = j.g;
   const int64_t kh = g.kh, ld = j.ld, nrows = g.c * g.kh, ldt = round_up(g.wo, kLanes);
@@ -640,6 +687,7 @@ void run_rows(const Job& j, int64_t begin, int64_t end) {
       if (j.lanes) {
         lanes_output_row(j, rows.data(), n, y, pf);
         pf.clear();
+        if (j.row_stats != nullptr) row_statistics_any(j, n, y);
         continue;
       }
       for (int64_t k = 0; k < j.ngroups; ++k) {
@@ -651,6 +699,7 @@ void run_rows(const Job& j, int64_t begin, int64_t end) {
       // The activation on the row tile, while it is in cache, before it is stored.
       if (j.relu) relu_tile(tile.data(), g.o * ldt);
       store_row_any(j, n, y, tile.data(), ldt);
+      if (j.row_stats != nullptr) row_statistics_any(j, n, y);
     }
     t += y1 - y0;
   }

@@ -158,6 +158,11 @@ def _onnxruntime_provider(case: Case, device: str) -> Provider:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Its worker threads otherwise spin for a while after each run, on the cores the next
+        # provider of the interleaved round runs on (measured: the fused JohnsonNet timed right
+        # after onnxruntime ran 1.8x slower at 256x256).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         sess = ort.InferenceSession(export_onnx(str(case.param("arch"))), opts,
                                     providers=["CPUExecutionProvider"])
         images = _numpy_images(case, device)
