@@ -134,3 +134,20 @@ def test_bytes_moved_model():
     total = {k: sum(r[k] for r in rows) for k in ("eager", "fused", "norm_on_load")}
     assert total["norm_on_load"] / total["fused"] < 0.6
     assert "| **total** |" in bytes_moved.markdown(512)
+
+
+def test_winograd_bf16_accuracy_experiment():
+    """docs/experiments.md section 3: rounding F(4x4, 3x3)'s transformed operands to bfloat16
+    is several times worse than a bfloat16 direct convolution; F(2x2, 3x3) is not."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "winograd_bf16_accuracy.py")
+    spec = importlib.util.spec_from_file_location("winograd_bf16_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.run(channels=32, size=32)
+    direct = result["direct, bf16 input and weights"][1]
+    assert result["F(4x4,3x3), float32 V and U"][1] < 1e-5
+    assert result["F(4x4,3x3), bf16 V and U"][1] > 4 * direct
+    assert result["F(2x2,3x3), bf16 V and U"][1] < 3 * direct
